@@ -1,0 +1,401 @@
+"""The turn runner: runs one assistant turn in this process and streams it to every viewer.
+
+It is the `TurnSink` of `agents.turn.run_turn`. Incoming events become *ops*; a flusher turns
+pending ops into one HTML frame at most every `GLASSBOX_COALESCE_MS` (sooner past
+`GLASSBOX_COALESCE_CHARS`), applies them to the *applied state*, and publishes the frame with
+the next sequence number. Snapshots and checkpoints always show the applied state with its
+`seq`, so "snapshot at seq S, then frames S+1…" never shows text twice or misses any.
+See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.layers import BaseChannelLayer, get_channel_layer
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from django.utils.safestring import mark_safe
+
+from agents.client import ProviderClient, ProviderConfig, StepResult
+from agents.errors import ProviderError
+from agents.stream import ContentDelta, MalformedLine, ReasoningDelta, StreamEvent
+from agents.turn import run_turn
+from chat import events
+from chat.actions import build_history, load_turn
+from chat.models import Message, MessageStatus, Step
+from chat.presentation import (
+    MessageView,
+    StepView,
+    escape_text,
+    render_assistant,
+    render_footer,
+    render_step,
+    render_thinking_head,
+)
+from chat.rendering import IncrementalMarkdown
+
+logger = logging.getLogger(__name__)
+
+_RUNNING: set[asyncio.Task[None]] = set()
+
+
+@cache
+def provider_client() -> ProviderClient:
+    """One client per process, so connections to the provider are pooled."""
+    offline = settings.GLASSBOX_PROVIDER == "offline"
+    return ProviderClient(
+        ProviderConfig(
+            base_url=settings.GLASSBOX_BASE_URL,
+            api_key=settings.GLASSBOX_API_KEY or "offline",
+            model=settings.GLASSBOX_MODEL,
+            temperature=settings.GLASSBOX_TEMPERATURE,
+            max_tokens=settings.GLASSBOX_MAX_TOKENS,
+            timeout=float(settings.GLASSBOX_REQUEST_TIMEOUT),
+            max_retries=settings.GLASSBOX_MAX_RETRIES,
+            provider=settings.GLASSBOX_PROVIDER,
+            label="offline simulator" if offline else settings.GLASSBOX_PROVIDER,
+        )
+    )
+
+
+def start_turn(message_id: uuid.UUID) -> asyncio.Task[None]:
+    """Run the turn of `message_id` in this process's event loop, detached from any request."""
+    task = asyncio.get_running_loop().create_task(TurnSession(message_id).run())
+    _RUNNING.add(task)
+    task.add_done_callback(_RUNNING.discard)
+    return task
+
+
+def running_turns() -> int:
+    return len(_RUNNING)
+
+
+@dataclass
+class _Op:
+    """One pending change: a new step, reasoning or answer text, or a clock change."""
+
+    kind: str  # "step" | "reasoning" | "content" | "head"
+    text: str = ""
+    step: int = 0
+
+
+class TurnSession:
+    """Everything one running turn holds in memory. Owned by one task; no locks needed."""
+
+    def __init__(self, message_id: uuid.UUID) -> None:
+        self.message_id = message_id
+        self.short = message_id.hex[:12]
+        self.layer: BaseChannelLayer = get_channel_layer()  # type: ignore[assignment]
+        self.channel = ""
+        self.group = ""
+        self.user_html = ""
+        # Applied state: exactly what frames 0..seq have shown.
+        self.view = MessageView(id=message_id, status=MessageStatus.STREAMING, seq=0)
+        self.markdown = IncrementalMarkdown()
+        self.blocks: list[str] = []
+        self.answer_text: list[str] = []
+        # Pending state, not yet in a frame.
+        self.ops: list[_Op] = []
+        self.pending_chars = 0
+        self.dirty = asyncio.Event()
+        self.urgent = asyncio.Event()
+        self.last_flush = 0.0
+        self.flush_lock = asyncio.Lock()
+        self.stop_requested = False
+        self.stream_task: asyncio.Task[Any] | None = None
+        self.steps: dict[int, StepView] = {}
+        self.step_rows: dict[int, int] = {}
+        self.finish_reason = ""
+        self.malformed_lines = 0
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            turn = await sync_to_async(load_turn)(self.message_id)
+        except Message.DoesNotExist:
+            logger.warning("turn %s vanished before it started", self.message_id)
+            return
+        self.group = turn.group
+        self.user_html = turn.user_html
+        self.view.conversation_id = turn.conversation_id
+        self.view.provider = settings.GLASSBOX_PROVIDER
+        self.view.model = settings.GLASSBOX_MODEL
+        self.channel = await self.layer.new_channel("turn.")
+        await self._db(self._save_start)
+        helpers = [
+            asyncio.create_task(self._listen()),
+            asyncio.create_task(self._flusher()),
+            asyncio.create_task(self._checkpointer()),
+        ]
+        await events.publish_frame(
+            self.layer, self.group, self.short, 0, self._snapshot_html()
+        )
+        status, error_kind, error_message = MessageStatus.COMPLETE, "", ""
+        try:
+            self.stream_task = asyncio.create_task(
+                run_turn(provider_client(), turn.history, self)
+            )
+            await self.stream_task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                # This process is going away: keep what streamed, say so, then stop.
+                status, error_message = MessageStatus.INTERRUPTED, "The server stopped."
+                await asyncio.shield(self._finish(status, "", error_message, helpers))
+                raise
+            status = MessageStatus.STOPPED
+        except ProviderError as exc:
+            status, error_kind, error_message = MessageStatus.FAILED, exc.kind, exc.user_message
+        except Exception:
+            logger.exception("turn %s failed", self.message_id)
+            status, error_kind = MessageStatus.FAILED, "internal"
+            error_message = "Glassbox hit an internal error while running this turn."
+        await self._finish(status, error_kind, error_message, helpers)
+
+    async def _finish(
+        self, status: str, error_kind: str, error_message: str, helpers: list[asyncio.Task[Any]]
+    ) -> None:
+        for helper in helpers[1:]:
+            helper.cancel()
+        now = timezone.now()
+        for step in self.view.steps:
+            step.finished_at = step.finished_at or now
+            step.reasoning_ended_at = step.reasoning_ended_at or (
+                step.finished_at if step.reasoning else None
+            )
+        self.view.status = status
+        self.view.error_kind = error_kind
+        self.view.error_message = error_message
+        async with self.flush_lock:
+            frame = self._take_frame(final=True)
+            await self._db(self._save_final)
+            await events.publish_frame(self.layer, self.group, self.short, self.view.seq, frame)
+        helpers[0].cancel()
+
+    # --- TurnSink ---------------------------------------------------------------------------
+
+    async def step_started(self, index: int) -> None:
+        step = StepView(index=index, reasoning="", started_at=timezone.now())
+        self.steps[index] = step
+        self._push(_Op("step", step=index), urgent=True)
+        self.step_rows[index] = await self._db(self._create_step, step)
+
+    async def on_event(self, event: StreamEvent) -> None:
+        step = self._current_step()
+        if isinstance(event, ReasoningDelta):
+            if step.first_reasoning_at is None:
+                step.first_reasoning_at = timezone.now()
+                self._push(_Op("head", step=step.index), urgent=True)
+            self._push(_Op("reasoning", event.text, step.index))
+        elif isinstance(event, ContentDelta):
+            if step.reasoning_ended_at is None:
+                step.reasoning_ended_at = timezone.now()
+                self._push(_Op("head", step=step.index), urgent=True)
+            self._push(_Op("content", event.text, step.index))
+        elif isinstance(event, MalformedLine):
+            self.malformed_lines += 1
+            logger.warning("turn %s: skipped a malformed stream line: %s", self.short, event.reason)
+
+    async def step_finished(self, index: int, result: StepResult) -> None:
+        step = self._current_step()
+        step.finished_at = timezone.now()
+        if step.first_reasoning_at is not None and step.reasoning_ended_at is None:
+            step.reasoning_ended_at = step.finished_at
+        self.finish_reason = result.finish_reason or ""
+        if result.usage is not None:
+            self.view.prompt_tokens += result.usage.prompt_tokens
+            self.view.cached_tokens += result.usage.cached_tokens
+            self.view.completion_tokens += result.usage.completion_tokens
+            self.view.reasoning_tokens += result.usage.reasoning_tokens
+
+    # --- ops and frames ---------------------------------------------------------------------
+
+    def _current_step(self) -> StepView:
+        return self.steps[max(self.steps)]
+
+    def _push(self, op: _Op, *, urgent: bool = False) -> None:
+        last = self.ops[-1] if self.ops else None
+        if last and op.kind in {"reasoning", "content"} and last.kind == op.kind:
+            last.text += op.text
+        else:
+            self.ops.append(op)
+        self.pending_chars += len(op.text)
+        self.dirty.set()
+        if urgent or self.pending_chars >= settings.GLASSBOX_COALESCE_CHARS:
+            self.urgent.set()
+
+    def _take_frame(self, *, final: bool = False) -> str:
+        """Apply pending ops to the applied state and return the frame that shows them."""
+        parts: list[str] = []
+        heads: set[int] = set()
+        for op in self.ops:
+            if op.kind == "step":
+                step = self.steps[op.step]
+                self.view.steps.append(step)
+                parts.append(
+                    f'<div id="steps-{self.short}" hx-swap-oob="beforeend">'
+                    f"{render_step(self.view, step)}</div>"
+                )
+                heads.add(op.step)
+            elif op.kind == "reasoning":
+                self.steps[op.step].reasoning += op.text
+                parts.append(
+                    f'<span id="r-{self.short}-{op.step}" hx-swap-oob="beforeend">'
+                    f"{escape_text(op.text)}</span>"
+                )
+            elif op.kind == "content":
+                parts.append(self._content_html(self.markdown.feed(op.text), op.text))
+            else:
+                heads.add(op.step)
+        if final:
+            parts.append(self._content_html(self.markdown.finish(), None))
+        self.ops.clear()
+        self.pending_chars = 0
+        if heads or final:
+            parts.append(render_thinking_head(self.view))
+        if final:
+            parts.append(render_footer(self.view))
+        self.view.seq += 1
+        self.view.answer_html = mark_safe("".join(self.blocks))  # noqa: S308 - sanitised blocks
+        self.view.tail = self.markdown.tail
+        return events.frame_header(self.short, self.view.seq, "d") + "".join(parts)
+
+    def _content_html(self, blocks: list[str], appended: str | None) -> str:
+        if appended is not None:
+            self.answer_text.append(appended)
+        if not blocks and appended is not None:
+            return f'<span id="t-{self.short}" hx-swap-oob="beforeend">{escape_text(appended)}</span>'
+        self.blocks.extend(blocks)
+        return (
+            f'<div id="b-{self.short}" hx-swap-oob="beforeend">{"".join(blocks)}</div>'
+            f'<span id="t-{self.short}" hx-swap-oob="innerHTML">'
+            f"{escape_text(self.markdown.tail)}</span>"
+        )
+
+    def _snapshot_html(self) -> str:
+        kind = events.frame_header(self.short, self.view.seq, "snap")
+        return kind + self.user_html + render_assistant(self.view, oob=True)
+
+    async def _flusher(self) -> None:
+        window = settings.GLASSBOX_COALESCE_MS / 1000
+        while True:
+            await self.dirty.wait()
+            delay = self.last_flush + window - time.monotonic()
+            if delay > 0 and not self.urgent.is_set():
+                try:
+                    await asyncio.wait_for(self.urgent.wait(), delay)
+                except TimeoutError:
+                    pass
+            self.dirty.clear()
+            self.urgent.clear()
+            async with self.flush_lock:
+                if not self.ops:
+                    continue
+                frame = self._take_frame()
+                self.last_flush = time.monotonic()
+                await events.publish_frame(self.layer, self.group, self.short, self.view.seq, frame)
+
+    async def _listen(self) -> None:
+        """Answer snapshot requests and stop requests sent to this runner's channel."""
+        while True:
+            event = await self.layer.receive(self.channel)
+            if event.get("type") == "snapshot.request":
+                async with self.flush_lock:
+                    html, seq = self._snapshot_html(), self.view.seq
+                await events.publish_snapshot(
+                    self.layer, event["reply_channel"], self.short, seq, html
+                )
+            elif event.get("type") == "turn.stop":
+                self.request_stop()
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+        if self.stream_task is not None and not self.stream_task.done():
+            self.stream_task.cancel()
+
+    async def _checkpointer(self) -> None:
+        interval = settings.GLASSBOX_CHECKPOINT_SECONDS
+        while True:
+            await asyncio.sleep(interval)
+            async with self.flush_lock:
+                snapshot = self._checkpoint_values()
+            if await self._db(self._save_checkpoint, snapshot):
+                self.request_stop()
+
+    # --- database ---------------------------------------------------------------------------
+
+    async def _db(self, fn: Any, *args: Any) -> Any:
+        # Not thread-sensitive: many runners checkpoint at once; each thread has a connection.
+        return await sync_to_async(fn, thread_sensitive=False)(*args)
+
+    def _save_start(self) -> None:
+        Message.objects.filter(id=self.message_id).update(
+            runner_channel=self.channel,
+            heartbeat_at=timezone.now(),
+            provider=self.view.provider,
+            model=self.view.model,
+        )
+
+    def _create_step(self, step: StepView) -> int:
+        row = Step.objects.create(message_id=self.message_id, index=step.index, started_at=step.started_at)
+        return row.pk
+
+    def _checkpoint_values(self) -> dict[str, Any]:
+        return {
+            "seq": self.view.seq,
+            "text": "".join(self.answer_text),
+            "steps": [
+                (self.step_rows.get(s.index), s.reasoning, s.first_reasoning_at, s.reasoning_ended_at)
+                for s in self.view.steps
+            ],
+        }
+
+    def _save_checkpoint(self, values: dict[str, Any]) -> bool:
+        """Store the applied state; returns whether a stop was requested from elsewhere."""
+        with transaction.atomic():
+            Message.objects.filter(id=self.message_id, status=MessageStatus.STREAMING).update(
+                text=values["text"], seq=values["seq"], heartbeat_at=timezone.now()
+            )
+            if values["steps"]:
+                row, reasoning, first, ended = values["steps"][-1]
+                Step.objects.filter(pk=row).update(
+                    reasoning=reasoning, first_reasoning_at=first, reasoning_ended_at=ended
+                )
+        return Message.objects.filter(id=self.message_id, stop_requested=True).exists()
+
+    def _save_final(self) -> None:
+        view = self.view
+        with transaction.atomic():
+            for step in view.steps:
+                Step.objects.filter(pk=self.step_rows.get(step.index)).update(
+                    reasoning=step.reasoning,
+                    content="".join(self.answer_text) if step is view.steps[-1] else "",
+                    first_reasoning_at=step.first_reasoning_at,
+                    reasoning_ended_at=step.reasoning_ended_at,
+                    finished_at=step.finished_at,
+                    finish_reason=self.finish_reason if step is view.steps[-1] else "",
+                )
+            Message.objects.filter(id=self.message_id).update(
+                text="".join(self.answer_text),
+                status=view.status,
+                error_kind=view.error_kind,
+                error_message=view.error_message,
+                seq=view.seq,
+                heartbeat_at=timezone.now(),
+                finished_at=timezone.now(),
+                prompt_tokens=view.prompt_tokens,
+                cached_tokens=view.cached_tokens,
+                completion_tokens=view.completion_tokens,
+                reasoning_tokens=view.reasoning_tokens,
+            )
+

@@ -1,0 +1,150 @@
+"""Thin views: parse with a form, call an action, render a partial."""
+
+from __future__ import annotations
+
+import uuid
+
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from chat import actions, events
+from chat.access import get_conversation_for_user, get_message_for_user
+from chat.forms import MessageForm, RenameForm
+from chat.models import Conversation, Message, MessageStatus
+from chat.presentation import message_view
+from chat.streaming import start_turn
+
+
+def _sidebar(user: object) -> list[Conversation]:
+    return list(Conversation.objects.filter(owner_id=user.pk).only("id", "title", "updated_at"))  # type: ignore[attr-defined]
+
+
+def _page_context(request: HttpRequest, conversation: Conversation | None) -> dict[str, object]:
+    items: list[object] = []
+    if conversation is not None:
+        messages = list(
+            conversation.messages.order_by("created_at").prefetch_related("steps")
+        )
+        for message in messages:
+            if message.role == Message.Role.USER:
+                items.append(("user", message))
+            else:
+                items.append(("assistant", message_view(message, message.steps.all())))
+    return {
+        "conversations": _sidebar(request.user),
+        "conversation": conversation,
+        "items": items,
+        "form": MessageForm(),
+        "busy": any(kind == "assistant" and v.is_live for kind, v in items),  # type: ignore[attr-defined]
+    }
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    return render(request, "chat/conversation.html", _page_context(request, None))
+
+
+@login_required
+def conversation_page(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    conversation = get_conversation_for_user(request.user, conversation_id)
+    return render(request, "chat/conversation.html", _page_context(request, conversation))
+
+
+@login_required
+@require_POST
+def new_conversation(request: HttpRequest) -> HttpResponse:
+    conversation = actions.do_create_conversation(request.user)  # type: ignore[arg-type]
+    return redirect("conversation", conversation_id=conversation.id)
+
+
+def _composer(request: HttpRequest, conversation: Conversation | None, form: MessageForm,
+              status: int = 200) -> HttpResponse:
+    return render(
+        request,
+        "chat/partials.html#composer",
+        {"conversation": conversation, "form": form},
+        status=status,
+    )
+
+
+@login_required
+@require_POST
+async def send_message(request: HttpRequest, conversation_id: uuid.UUID | None = None) -> HttpResponse:
+    """Store the message, start its turn in this process, answer with a fresh composer."""
+    user = await request.auser()
+    conversation = None
+    if conversation_id is not None:
+        conversation = await sync_to_async(get_conversation_for_user)(user, conversation_id)
+    form = MessageForm(request.POST)
+    if not await sync_to_async(form.is_valid)():
+        return await sync_to_async(_composer)(request, conversation, form, 422)
+    if conversation is not None and await sync_to_async(actions.has_live_turn)(conversation):
+        form.add_error(None, "The model is still answering. Stop it or wait for it to finish.")
+        return await sync_to_async(_composer)(request, conversation, form, 409)
+    created = conversation is None
+    if conversation is None:
+        conversation = await sync_to_async(actions.do_create_conversation)(user)  # type: ignore[arg-type]
+    assistant = await sync_to_async(actions.do_send_message)(conversation, form.cleaned_data["text"])
+    start_turn(assistant.id)
+    url = reverse("conversation", kwargs={"conversation_id": conversation.id})
+    if created:
+        return HttpResponseClientRedirect(url) if request.htmx else HttpResponseRedirect(url)  # type: ignore[attr-defined]
+    if not request.htmx:  # type: ignore[attr-defined]
+        return HttpResponseRedirect(url)
+    return await sync_to_async(_composer)(request, conversation, MessageForm())
+
+
+@login_required
+@require_POST
+async def stop_turn(request: HttpRequest, conversation_id: uuid.UUID, message_id: uuid.UUID) -> HttpResponse:
+    user = await request.auser()
+    message = await sync_to_async(get_message_for_user)(user, conversation_id, message_id)
+    if await sync_to_async(actions.do_request_stop)(message) and message.runner_channel:
+        await events.publish_stop(get_channel_layer(), message.runner_channel)  # type: ignore[arg-type]
+    return HttpResponse(status=204)
+
+
+@login_required
+@require_POST
+async def retry_turn(request: HttpRequest, conversation_id: uuid.UUID, message_id: uuid.UUID) -> HttpResponse:
+    user = await request.auser()
+    message = await sync_to_async(get_message_for_user)(user, conversation_id, message_id)
+    if message.role != Message.Role.ASSISTANT or message.status == MessageStatus.STREAMING:
+        return HttpResponse("Only a finished answer can be retried.", status=409)
+    try:
+        attempt = await sync_to_async(actions.do_retry)(message)
+    except actions.TurnBusy:
+        return HttpResponse("The model is still answering.", status=409)
+    start_turn(attempt.id)
+    return HttpResponse(status=204)
+
+
+@login_required
+@require_POST
+def rename_conversation(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    conversation = get_conversation_for_user(request.user, conversation_id)
+    form = RenameForm(request.POST)
+    if form.is_valid():
+        actions.do_rename_conversation(conversation, form.cleaned_data["title"])
+    if request.htmx:  # type: ignore[attr-defined]
+        return render(
+            request,
+            "chat/partials.html#sidebar",
+            {"conversations": _sidebar(request.user), "conversation": conversation},
+        )
+    return redirect("conversation", conversation_id=conversation.id)
+
+
+@login_required
+@require_POST
+def delete_conversation(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    conversation = get_conversation_for_user(request.user, conversation_id)
+    actions.do_delete_conversation(conversation)
+    url = reverse("home")
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)  # type: ignore[attr-defined]
