@@ -24,7 +24,9 @@ def _parse_uuid(value: str | uuid.UUID) -> uuid.UUID | None:
         return None
 
 
-def find_conversation_for_user(user: AnyUser, conversation_id: str | uuid.UUID) -> Conversation | None:
+def find_conversation_for_user(
+    user: AnyUser, conversation_id: str | uuid.UUID
+) -> Conversation | None:
     """The conversation if `user` may see it, else None (also for malformed ids)."""
     parsed = _parse_uuid(conversation_id)
     if parsed is None or not user.is_authenticated:

@@ -134,7 +134,9 @@ def build_history(conversation: Conversation, upto: Message) -> list[dict[str, A
     """The chat-completions messages for answering `upto`: each earlier question with its
     last attempt that produced text."""
     messages: list[dict[str, Any]] = []
-    rows = list(conversation.messages.filter(created_at__lte=upto.created_at).order_by("created_at"))
+    rows = list(
+        conversation.messages.filter(created_at__lte=upto.created_at).order_by("created_at")
+    )
     answers: dict[uuid.UUID, Message] = {}
     for row in rows:
         if row.role == Message.Role.ASSISTANT and row.text and row.reply_to_id is not None:

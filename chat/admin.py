@@ -8,8 +8,16 @@ from chat.models import Conversation, Message, Step
 class StepInline(admin.TabularInline):
     model = Step
     extra = 0
-    fields = ("index", "reasoning", "content", "started_at", "first_reasoning_at",
-              "reasoning_ended_at", "finished_at", "finish_reason")
+    fields = (
+        "index",
+        "reasoning",
+        "content",
+        "started_at",
+        "first_reasoning_at",
+        "reasoning_ended_at",
+        "finished_at",
+        "finish_reason",
+    )
     readonly_fields = fields
 
 
@@ -22,7 +30,15 @@ class ConversationAdmin(admin.ModelAdmin):
 
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
-    list_display = ("id", "conversation", "role", "status", "model", "completion_tokens", "created_at")
+    list_display = (
+        "id",
+        "conversation",
+        "role",
+        "status",
+        "model",
+        "completion_tokens",
+        "created_at",
+    )
     list_filter = ("role", "status", "provider", "model")
     search_fields = ("text", "conversation__title")
     readonly_fields = ("seq", "runner_channel", "heartbeat_at", "created_at", "finished_at")

@@ -7,3 +7,6 @@ class ChatConfig(AppConfig):
     name = "chat"
     verbose_name = "Glassbox chat"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from chat import checks  # noqa: F401 - registers the system checks

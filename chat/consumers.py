@@ -110,7 +110,8 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         loop = asyncio.get_running_loop()
         if message.status == MessageStatus.STREAMING and message.runner_channel:
             self.pending_snapshots[short] = loop.call_later(
-                SNAPSHOT_TIMEOUT, lambda: asyncio.ensure_future(self._snapshot_from_db(short, message))
+                SNAPSHOT_TIMEOUT,
+                lambda: asyncio.ensure_future(self._snapshot_from_db(short, message)),
             )
             await events.publish_snapshot_request(
                 self.channel_layer, message.runner_channel, self.channel_name

@@ -38,10 +38,12 @@ class TurnStop(TypedDict):
     type: Literal["turn.stop"]
 
 
-async def publish_frame(layer: BaseChannelLayer, group: str, message: str, seq: int, html: str) -> None:
+async def publish_frame(
+    layer: BaseChannelLayer, group: str, message: str, seq: int, html: str
+) -> None:
     """Send one frame to every viewer of a conversation."""
     event: TurnFrame = {"type": "turn.frame", "message": message, "seq": seq, "html": html}
-    await layer.group_send(group, event)  # type: ignore[arg-type]
+    await layer.group_send(group, event)
 
 
 async def publish_snapshot(
@@ -49,17 +51,19 @@ async def publish_snapshot(
 ) -> None:
     """Answer one consumer's snapshot request."""
     event: TurnSnapshot = {"type": "turn.snapshot", "message": message, "seq": seq, "html": html}
-    await layer.send(channel, event)  # type: ignore[arg-type]
+    await layer.send(channel, event)
 
 
-async def publish_snapshot_request(layer: BaseChannelLayer, runner: str, reply_channel: str) -> None:
+async def publish_snapshot_request(
+    layer: BaseChannelLayer, runner: str, reply_channel: str
+) -> None:
     event: SnapshotRequest = {"type": "snapshot.request", "reply_channel": reply_channel}
-    await layer.send(runner, event)  # type: ignore[arg-type]
+    await layer.send(runner, event)
 
 
 async def publish_stop(layer: BaseChannelLayer, runner: str) -> None:
     event: TurnStop = {"type": "turn.stop"}
-    await layer.send(runner, event)  # type: ignore[arg-type]
+    await layer.send(runner, event)
 
 
 def frame_header(message: str, seq: int, kind: Literal["snap", "d"]) -> str:

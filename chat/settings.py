@@ -66,7 +66,9 @@ def env_float(name: str, default: float, lo: float, hi: float) -> float:
 DEBUG = env_bool("GLASSBOX_DEBUG", False)
 PRODUCTION = env_bool("GLASSBOX_PRODUCTION", False)
 SECRET_KEY = env_str("GLASSBOX_SECRET_KEY") or "insecure-embedded-default-key-change-me"
-ALLOWED_HOSTS = [h for h in env_str("GLASSBOX_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h]
+ALLOWED_HOSTS = [
+    h for h in env_str("GLASSBOX_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h
+]
 CSRF_TRUSTED_ORIGINS = [o for o in env_str("GLASSBOX_CSRF_TRUSTED_ORIGINS").split(",") if o]
 
 INSTALLED_APPS = [
@@ -181,7 +183,11 @@ PROVIDER_PRESETS: dict[str, str] = {
 }
 GLASSBOX_PROVIDER = env_str("GLASSBOX_PROVIDER").lower()
 GLASSBOX_API_KEY = env_str("GLASSBOX_API_KEY")
-if GLASSBOX_PROVIDER and GLASSBOX_PROVIDER not in PROVIDER_PRESETS and GLASSBOX_PROVIDER != "offline":
+if (
+    GLASSBOX_PROVIDER
+    and GLASSBOX_PROVIDER not in PROVIDER_PRESETS
+    and GLASSBOX_PROVIDER != "offline"
+):
     raise ImproperlyConfigured(
         f"GLASSBOX_PROVIDER={GLASSBOX_PROVIDER!r}: use one of "
         f"{', '.join(sorted(PROVIDER_PRESETS))} or offline, or set GLASSBOX_BASE_URL"
@@ -212,7 +218,8 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
 STATIC_URL = "/static/"
-STATIC_ROOT = DATA_DIR / "static"
+# Collected files are only needed in production; in development WhiteNoise uses the finders.
+STATIC_ROOT = DATA_DIR / "static" if PRODUCTION else None
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

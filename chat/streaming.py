@@ -11,10 +11,11 @@ See docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 
@@ -30,7 +31,7 @@ from agents.errors import ProviderError
 from agents.stream import ContentDelta, MalformedLine, ReasoningDelta, StreamEvent
 from agents.turn import run_turn
 from chat import events
-from chat.actions import build_history, load_turn
+from chat.actions import load_turn
 from chat.models import Message, MessageStatus, Step
 from chat.presentation import (
     MessageView,
@@ -94,7 +95,7 @@ class TurnSession:
     def __init__(self, message_id: uuid.UUID) -> None:
         self.message_id = message_id
         self.short = message_id.hex[:12]
-        self.layer: BaseChannelLayer = get_channel_layer()  # type: ignore[assignment]
+        self.layer: BaseChannelLayer = get_channel_layer()
         self.channel = ""
         self.group = ""
         self.user_html = ""
@@ -113,7 +114,7 @@ class TurnSession:
         self.stop_requested = False
         self.stream_task: asyncio.Task[Any] | None = None
         self.steps: dict[int, StepView] = {}
-        self.step_rows: dict[int, int] = {}
+        self.done = asyncio.Event()
         self.finish_reason = ""
         self.malformed_lines = 0
 
@@ -137,14 +138,10 @@ class TurnSession:
             asyncio.create_task(self._flusher()),
             asyncio.create_task(self._checkpointer()),
         ]
-        await events.publish_frame(
-            self.layer, self.group, self.short, 0, self._snapshot_html()
-        )
+        await events.publish_frame(self.layer, self.group, self.short, 0, self._snapshot_html())
         status, error_kind, error_message = MessageStatus.COMPLETE, "", ""
         try:
-            self.stream_task = asyncio.create_task(
-                run_turn(provider_client(), turn.history, self)
-            )
+            self.stream_task = asyncio.create_task(run_turn(provider_client(), turn.history, self))
             await self.stream_task
         except asyncio.CancelledError:
             current = asyncio.current_task()
@@ -165,10 +162,12 @@ class TurnSession:
     async def _finish(
         self, status: str, error_kind: str, error_message: str, helpers: list[asyncio.Task[Any]]
     ) -> None:
-        for helper in helpers[1:]:
-            helper.cancel()
+        listener, flusher, checkpointer = helpers
+        flusher.cancel()
+        self.done.set()
+        await checkpointer  # let a checkpoint in progress land before the final write
         now = timezone.now()
-        for step in self.view.steps:
+        for step in self.steps.values():
             step.finished_at = step.finished_at or now
             step.reasoning_ended_at = step.reasoning_ended_at or (
                 step.finished_at if step.reasoning else None
@@ -180,7 +179,7 @@ class TurnSession:
             frame = self._take_frame(final=True)
             await self._db(self._save_final)
             await events.publish_frame(self.layer, self.group, self.short, self.view.seq, frame)
-        helpers[0].cancel()
+        listener.cancel()
 
     # --- TurnSink ---------------------------------------------------------------------------
 
@@ -188,7 +187,6 @@ class TurnSession:
         step = StepView(index=index, reasoning="", started_at=timezone.now())
         self.steps[index] = step
         self._push(_Op("step", step=index), urgent=True)
-        self.step_rows[index] = await self._db(self._create_step, step)
 
     async def on_event(self, event: StreamEvent) -> None:
         step = self._current_step()
@@ -274,7 +272,9 @@ class TurnSession:
         if appended is not None:
             self.answer_text.append(appended)
         if not blocks and appended is not None:
-            return f'<span id="t-{self.short}" hx-swap-oob="beforeend">{escape_text(appended)}</span>'
+            return (
+                f'<span id="t-{self.short}" hx-swap-oob="beforeend">{escape_text(appended)}</span>'
+            )
         self.blocks.extend(blocks)
         return (
             f'<div id="b-{self.short}" hx-swap-oob="beforeend">{"".join(blocks)}</div>'
@@ -292,10 +292,8 @@ class TurnSession:
             await self.dirty.wait()
             delay = self.last_flush + window - time.monotonic()
             if delay > 0 and not self.urgent.is_set():
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.urgent.wait(), delay)
-                except TimeoutError:
-                    pass
             self.dirty.clear()
             self.urgent.clear()
             async with self.flush_lock:
@@ -325,8 +323,11 @@ class TurnSession:
 
     async def _checkpointer(self) -> None:
         interval = settings.GLASSBOX_CHECKPOINT_SECONDS
-        while True:
-            await asyncio.sleep(interval)
+        while not self.done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.done.wait(), interval)
+            if self.done.is_set():
+                return
             async with self.flush_lock:
                 snapshot = self._checkpoint_values()
             if await self._db(self._save_checkpoint, snapshot):
@@ -346,18 +347,23 @@ class TurnSession:
             model=self.view.model,
         )
 
-    def _create_step(self, step: StepView) -> int:
-        row = Step.objects.create(message_id=self.message_id, index=step.index, started_at=step.started_at)
-        return row.pk
+    def _save_step(self, step: StepView, **fields: Any) -> None:
+        fields.update(
+            reasoning=step.reasoning,
+            started_at=step.started_at,
+            first_reasoning_at=step.first_reasoning_at,
+            reasoning_ended_at=step.reasoning_ended_at,
+        )
+        rows = Step.objects.filter(message_id=self.message_id, index=step.index)
+        if not rows.update(**fields):
+            Step.objects.create(message_id=self.message_id, index=step.index, **fields)
 
     def _checkpoint_values(self) -> dict[str, Any]:
         return {
             "seq": self.view.seq,
             "text": "".join(self.answer_text),
-            "steps": [
-                (self.step_rows.get(s.index), s.reasoning, s.first_reasoning_at, s.reasoning_ended_at)
-                for s in self.view.steps
-            ],
+            # The step being streamed; the final write stores every step.
+            "step": replace(self.view.steps[-1]) if self.view.steps else None,
         }
 
     def _save_checkpoint(self, values: dict[str, Any]) -> bool:
@@ -366,24 +372,20 @@ class TurnSession:
             Message.objects.filter(id=self.message_id, status=MessageStatus.STREAMING).update(
                 text=values["text"], seq=values["seq"], heartbeat_at=timezone.now()
             )
-            if values["steps"]:
-                row, reasoning, first, ended = values["steps"][-1]
-                Step.objects.filter(pk=row).update(
-                    reasoning=reasoning, first_reasoning_at=first, reasoning_ended_at=ended
-                )
+            if values["step"] is not None:
+                self._save_step(values["step"])
         return Message.objects.filter(id=self.message_id, stop_requested=True).exists()
 
     def _save_final(self) -> None:
         view = self.view
         with transaction.atomic():
             for step in view.steps:
-                Step.objects.filter(pk=self.step_rows.get(step.index)).update(
-                    reasoning=step.reasoning,
-                    content="".join(self.answer_text) if step is view.steps[-1] else "",
-                    first_reasoning_at=step.first_reasoning_at,
-                    reasoning_ended_at=step.reasoning_ended_at,
+                last = step is view.steps[-1]
+                self._save_step(
+                    step,
+                    content="".join(self.answer_text) if last else "",
                     finished_at=step.finished_at,
-                    finish_reason=self.finish_reason if step is view.steps[-1] else "",
+                    finish_reason=self.finish_reason if last else "",
                 )
             Message.objects.filter(id=self.message_id).update(
                 text="".join(self.answer_text),
@@ -398,4 +400,3 @@ class TurnSession:
                 completion_tokens=view.completion_tokens,
                 reasoning_tokens=view.reasoning_tokens,
             )
-

@@ -17,10 +17,6 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/send/", views.send_message, name="send"),
     path("c/<uuid:conversation_id>/rename/", views.rename_conversation, name="rename"),
     path("c/<uuid:conversation_id>/delete/", views.delete_conversation, name="delete"),
-    path(
-        "c/<uuid:conversation_id>/m/<uuid:message_id>/stop/", views.stop_turn, name="stop"
-    ),
-    path(
-        "c/<uuid:conversation_id>/m/<uuid:message_id>/retry/", views.retry_turn, name="retry"
-    ),
+    path("c/<uuid:conversation_id>/m/<uuid:message_id>/stop/", views.stop_turn, name="stop"),
+    path("c/<uuid:conversation_id>/m/<uuid:message_id>/retry/", views.retry_turn, name="retry"),
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
@@ -26,11 +27,9 @@ def _sidebar(user: object) -> list[Conversation]:
 
 
 def _page_context(request: HttpRequest, conversation: Conversation | None) -> dict[str, object]:
-    items: list[object] = []
+    items: list[tuple[str, Any]] = []
     if conversation is not None:
-        messages = list(
-            conversation.messages.order_by("created_at").prefetch_related("steps")
-        )
+        messages = list(conversation.messages.order_by("created_at").prefetch_related("steps"))
         for message in messages:
             if message.role == Message.Role.USER:
                 items.append(("user", message))
@@ -41,7 +40,7 @@ def _page_context(request: HttpRequest, conversation: Conversation | None) -> di
         "conversation": conversation,
         "items": items,
         "form": MessageForm(),
-        "busy": any(kind == "assistant" and v.is_live for kind, v in items),  # type: ignore[attr-defined]
+        "busy": any(kind == "assistant" and item.is_live for kind, item in items),
     }
 
 
@@ -63,8 +62,9 @@ def new_conversation(request: HttpRequest) -> HttpResponse:
     return redirect("conversation", conversation_id=conversation.id)
 
 
-def _composer(request: HttpRequest, conversation: Conversation | None, form: MessageForm,
-              status: int = 200) -> HttpResponse:
+def _composer(
+    request: HttpRequest, conversation: Conversation | None, form: MessageForm, status: int = 200
+) -> HttpResponse:
     return render(
         request,
         "chat/partials.html#composer",
@@ -75,7 +75,9 @@ def _composer(request: HttpRequest, conversation: Conversation | None, form: Mes
 
 @login_required
 @require_POST
-async def send_message(request: HttpRequest, conversation_id: uuid.UUID | None = None) -> HttpResponse:
+async def send_message(
+    request: HttpRequest, conversation_id: uuid.UUID | None = None
+) -> HttpResponse:
     """Store the message, start its turn in this process, answer with a fresh composer."""
     user = await request.auser()
     conversation = None
@@ -90,7 +92,9 @@ async def send_message(request: HttpRequest, conversation_id: uuid.UUID | None =
     created = conversation is None
     if conversation is None:
         conversation = await sync_to_async(actions.do_create_conversation)(user)  # type: ignore[arg-type]
-    assistant = await sync_to_async(actions.do_send_message)(conversation, form.cleaned_data["text"])
+    assistant = await sync_to_async(actions.do_send_message)(
+        conversation, form.cleaned_data["text"]
+    )
     start_turn(assistant.id)
     url = reverse("conversation", kwargs={"conversation_id": conversation.id})
     if created:
@@ -102,17 +106,21 @@ async def send_message(request: HttpRequest, conversation_id: uuid.UUID | None =
 
 @login_required
 @require_POST
-async def stop_turn(request: HttpRequest, conversation_id: uuid.UUID, message_id: uuid.UUID) -> HttpResponse:
+async def stop_turn(
+    request: HttpRequest, conversation_id: uuid.UUID, message_id: uuid.UUID
+) -> HttpResponse:
     user = await request.auser()
     message = await sync_to_async(get_message_for_user)(user, conversation_id, message_id)
     if await sync_to_async(actions.do_request_stop)(message) and message.runner_channel:
-        await events.publish_stop(get_channel_layer(), message.runner_channel)  # type: ignore[arg-type]
+        await events.publish_stop(get_channel_layer(), message.runner_channel)
     return HttpResponse(status=204)
 
 
 @login_required
 @require_POST
-async def retry_turn(request: HttpRequest, conversation_id: uuid.UUID, message_id: uuid.UUID) -> HttpResponse:
+async def retry_turn(
+    request: HttpRequest, conversation_id: uuid.UUID, message_id: uuid.UUID
+) -> HttpResponse:
     user = await request.auser()
     message = await sync_to_async(get_message_for_user)(user, conversation_id, message_id)
     if message.role != Message.Role.ASSISTANT or message.status == MessageStatus.STREAMING:

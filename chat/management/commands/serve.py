@@ -30,7 +30,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default=os.environ.get("GLASSBOX_HOST", "127.0.0.1"))
-        parser.add_argument("--port", type=int, default=int(os.environ.get("GLASSBOX_PORT", "8000")))
+        parser.add_argument(
+            "--port", type=int, default=int(os.environ.get("GLASSBOX_PORT", "8000"))
+        )
         parser.add_argument("--no-worker", action="store_true", help="Do not start a Celery worker")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -47,19 +49,59 @@ class Command(BaseCommand):
         env = dict(os.environ)
         try:
             if settings.GLASSBOX_PROVIDER == "offline":
-                children.append(self._spawn(
-                    [sys.executable, "-m", "agents.offline_server", "--host", "127.0.0.1",
-                     "--port", str(settings.GLASSBOX_OFFLINE_PORT)], env))
+                children.append(
+                    self._spawn(
+                        [
+                            sys.executable,
+                            "-m",
+                            "agents.offline_server",
+                            "--host",
+                            "127.0.0.1",
+                            "--port",
+                            str(settings.GLASSBOX_OFFLINE_PORT),
+                        ],
+                        env,
+                    )
+                )
                 self.stdout.write("No provider key set: using the offline simulator.")
             if not options["no_worker"]:
-                children.append(self._spawn(
-                    [sys.executable, "-m", "celery", "-A", "chat", "worker", "-B",
-                     "--loglevel", "WARNING", "--concurrency", "2"], env))
-            children.append(self._spawn(
-                [sys.executable, "-m", "daphne", "-b", options["host"], "-p",
-                 str(options["port"]), "chat.asgi:application"], env))
+                children.append(
+                    self._spawn(
+                        [
+                            sys.executable,
+                            "-m",
+                            "celery",
+                            "-A",
+                            "chat",
+                            "worker",
+                            "-B",
+                            "--loglevel",
+                            "WARNING",
+                            "--concurrency",
+                            "2",
+                        ],
+                        env,
+                    )
+                )
+            children.append(
+                self._spawn(
+                    [
+                        sys.executable,
+                        "-m",
+                        "daphne",
+                        "-b",
+                        options["host"],
+                        "-p",
+                        str(options["port"]),
+                        "chat.asgi:application",
+                    ],
+                    env,
+                )
+            )
             url = f"http://{options['host']}:{options['port']}/"
-            self.stdout.write(self.style.SUCCESS(f"Glassbox is running at {url}  (Ctrl-C stops it)"))
+            self.stdout.write(
+                self.style.SUCCESS(f"Glassbox is running at {url}  (Ctrl-C stops it)")
+            )
             self._wait(children)
         finally:
             for child in children:
@@ -92,6 +134,9 @@ class Command(BaseCommand):
         username = os.environ.get("GLASSBOX_ADMIN_USER", "admin")
         password = secrets.token_urlsafe(12)
         user_model.objects.create_superuser(username=username, email="", password=password)
-        self.stdout.write(self.style.WARNING(
-            f"Created the admin account '{username}' with password: {password}\n"
-            "This password is shown only once: keep it somewhere safe."))
+        self.stdout.write(
+            self.style.WARNING(
+                f"Created the admin account '{username}' with password: {password}\n"
+                "This password is shown only once: keep it somewhere safe."
+            )
+        )
