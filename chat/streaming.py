@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
@@ -47,6 +48,7 @@ from chat.rendering import IncrementalMarkdown
 logger = logging.getLogger(__name__)
 
 _RUNNING: set[asyncio.Task[None]] = set()
+_DB_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="turn-db")
 
 
 @cache
@@ -336,8 +338,8 @@ class TurnSession:
     # --- database ---------------------------------------------------------------------------
 
     async def _db(self, fn: Any, *args: Any) -> Any:
-        # Not thread-sensitive: many runners checkpoint at once; each thread has a connection.
-        return await sync_to_async(fn, thread_sensitive=False)(*args)
+        # Many runners checkpoint at once: a few threads, each keeping its own connection.
+        return await sync_to_async(fn, thread_sensitive=False, executor=_DB_THREADS)(*args)
 
     def _save_start(self) -> None:
         Message.objects.filter(id=self.message_id).update(

@@ -51,3 +51,19 @@ def provider(model_server: Any, settings: Any) -> Iterator[Any]:
     model_server.requests.clear()
     yield model_server
     provider_client.cache_clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _release_runner_connections(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    """Turn runners keep connections in their own threads; PostgreSQL cannot drop a test
+    database while they are open, so end them before pytest-django tears it down."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
