@@ -72,3 +72,83 @@ def daphne(env: dict[str, str]) -> Iterator[str]:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@contextmanager
+def celery_worker(env: dict[str, str], concurrency: int = 2) -> Iterator[subprocess.Popen[bytes]]:
+    """A real Celery worker process; yields once it reports ready. Its log goes to a file
+    beside the test database (a pipe nobody reads would stall it)."""
+    from chat.celery import app
+
+    if not env.get("REDIS_URL"):
+        # Stale messages from an earlier run would only be claimed and ignored, but they
+        # would delay this run's tasks.
+        folder = Path(app.conf.broker_transport_options["data_folder_in"])
+        for stale in folder.glob("*.msg"):
+            stale.unlink(missing_ok=True)
+    log_path = settings.DATA_DIR / f"test-worker-{os.getpid()}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "chat",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                str(concurrency),
+                "-n",
+                f"test-{os.getpid()}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while b" ready." not in log_path.read_bytes():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("celery worker did not start: " + log_path.read_text()[-3000:])
+            time.sleep(0.05)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def run_as_nobody(code: str) -> subprocess.CompletedProcess[str]:
+    """Run Python code as the unprivileged user `nobody`, with this project importable.
+
+    The interpreter must be one `nobody` may execute (the venv's may live under /root), so
+    it is the system's, with this venv's packages on its path.
+    """
+    import pytest
+
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("this check must switch users: run the suite as root in CI")
+        pytest.skip("switching to nobody needs root")
+    site = next(Path(sys.prefix, "lib").glob("python3*/site-packages"))
+    python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+    result = subprocess.run(
+        [python, "-I", "-c", f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(site)!r}]\n{code}"],
+        user=65534,
+        group=65534,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
