@@ -20,7 +20,7 @@ app.conf.beat_schedule = {
 def ensure_broker_folders() -> None:
     """Create the filesystem broker's folders (embedded default) before a worker or sender."""
     options = app.conf.broker_transport_options or {}
-    for key in ("data_folder_in", "data_folder_out", "processed_folder"):
+    for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
         folder = options.get(key)
         if folder:
             Path(folder).mkdir(parents=True, exist_ok=True)

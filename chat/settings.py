@@ -158,16 +158,28 @@ if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
     CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # A slow tab must not lose frames in a burst (the default capacity is 100).
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": 2000},
+        }
+    }
     CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT = "chat.fsbroker:Transport"
     _broker_dir = DATA_DIR / "broker"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
         "polling_interval": 0.02,
     }
+    # Every process that sends or receives needs these folders; creating them here means no
+    # process can start before they exist.
+    for _folder in ("queue", "processed", "control"):
+        (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -212,6 +224,17 @@ GLASSBOX_COALESCE_CHARS = env_int("GLASSBOX_COALESCE_CHARS", 4000, minimum=1)
 GLASSBOX_CHECKPOINT_SECONDS = env_float("GLASSBOX_CHECKPOINT_SECONDS", 1.0, 0.05, 60.0)
 # A streaming turn whose heartbeat is older than this is marked interrupted by the sweeper.
 GLASSBOX_HEARTBEAT_TIMEOUT = env_int("GLASSBOX_HEARTBEAT_TIMEOUT", 15, minimum=2)
+
+# --- tools and the agent loop ----------------------------------------------------------
+GLASSBOX_MAX_STEPS = env_int("GLASSBOX_MAX_STEPS", 300, minimum=1)
+GLASSBOX_SEARXNG_URL = env_str("GLASSBOX_SEARXNG_URL")
+# How often a runner checks the database for tool results. With Redis the worker also
+# notifies the runner at once, so the poll is only a safety net.
+GLASSBOX_TOOL_POLL_MS = env_int("GLASSBOX_TOOL_POLL_MS", 250 if REDIS_URL else 10, minimum=1)
+GLASSBOX_TOOL_GRACE_SECONDS = env_int("GLASSBOX_TOOL_GRACE_SECONDS", 15, minimum=1)
+GLASSBOX_TOOL_QUEUE_TIMEOUT = env_int("GLASSBOX_TOOL_QUEUE_TIMEOUT", 120, minimum=1)
+GLASSBOX_TOOL_RESULT_CHARS = env_int("GLASSBOX_TOOL_RESULT_CHARS", 20_000, minimum=100)
+GLASSBOX_TOOL_STORED_CHARS = env_int("GLASSBOX_TOOL_STORED_CHARS", 1_000_000, minimum=100)
 
 # --- auth, static, misc -----------------------------------------------------------------
 LOGIN_URL = "login"
