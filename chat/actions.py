@@ -29,6 +29,16 @@ def do_rename_conversation(conversation: Conversation, title: str) -> None:
     conversation.save(update_fields=["title", "updated_at"])
 
 
+def do_set_conversation_tools(conversation: Conversation, enabled: list[str]) -> None:
+    """Keep the tools the user switched off; tools added to the deployment later start on."""
+    from chat.tooling import deployment_tools
+
+    conversation.disabled_tools = sorted(
+        tool.name for tool in deployment_tools() if tool.name not in enabled
+    )
+    conversation.save(update_fields=["disabled_tools", "updated_at"])
+
+
 def do_delete_conversation(conversation: Conversation) -> None:
     """Delete a conversation; a turn still running finds its rows gone and just ends."""
     conversation.delete()
@@ -116,6 +126,14 @@ class TurnStart:
     group: str
     user_html: str
     history: list[dict[str, Any]]
+    tools: list[str]
+
+
+def conversation_tools(conversation: Conversation) -> list[str]:
+    """The tools a turn in this conversation offers the model."""
+    from chat.tooling import deployment_tools
+
+    return [t.name for t in deployment_tools() if t.name not in conversation.disabled_tools]
 
 
 def load_turn(message_id: uuid.UUID) -> TurnStart:
@@ -127,6 +145,7 @@ def load_turn(message_id: uuid.UUID) -> TurnStart:
         group=message.conversation.group_name,
         user_html=render_user(message.reply_to, oob=True),
         history=build_history(message.conversation, message.reply_to),
+        tools=conversation_tools(message.conversation),
     )
 
 

@@ -10,3 +10,6 @@ class ChatConfig(AppConfig):
 
     def ready(self) -> None:
         from chat import checks  # noqa: F401 - registers the system checks
+        from chat.tooling import configure_tools
+
+        configure_tools()

@@ -36,7 +36,7 @@ def _live_message(conversation: Conversation) -> Message | None:
 
 def _db_snapshot(message_id: Any) -> tuple[str, int, str]:
     message = Message.objects.select_related("reply_to").get(id=message_id)
-    view = message_view(message, message.steps.all())
+    view = message_view(message, message.steps.all(), message.tool_calls.all())
     user_html = render_user(message.reply_to, oob=True) if message.reply_to else ""
     html = events.frame_header(view.short_id, view.seq, "snap") + user_html
     return html + render_assistant(view, oob=True), view.seq, view.short_id

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.conf import settings
 
@@ -24,3 +26,11 @@ class MessageForm(forms.Form):
 
 class RenameForm(forms.Form):
     title = forms.CharField(max_length=200, strip=True)
+
+
+class ToolsForm(forms.Form):
+    enabled = forms.MultipleChoiceField(required=False)
+
+    def __init__(self, *args: Any, choices: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["enabled"].choices = [(name, name) for name in choices]  # type: ignore[attr-defined]

@@ -19,6 +19,8 @@ class Conversation(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
     )
     title = models.CharField(max_length=200, default="New conversation")
+    # Tools the user switched off for this conversation (new deployment tools start on).
+    disabled_tools = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -41,6 +43,7 @@ class MessageStatus(models.TextChoices):
     STOPPED = "stopped", "Stopped"
     INTERRUPTED = "interrupted", "Interrupted"
     FAILED = "failed", "Failed"
+    STEP_LIMIT = "step_limit", "Step limit reached"
 
 
 class Message(models.Model):
@@ -127,3 +130,69 @@ class Step(models.Model):
         if end is None:
             return None
         return max(0.0, (end - self.started_at).total_seconds())
+
+
+class ToolSetting(models.Model):
+    """Whether a tool is offered on this deployment (admin-controlled)."""
+
+    name = models.CharField(max_length=64, primary_key=True)
+    enabled = models.BooleanField(default=True)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {'on' if self.enabled else 'off'}"
+
+
+class ToolCallStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+    TIMED_OUT = "timed_out", "Timed out"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+FINAL_TOOL_STATUSES = (
+    ToolCallStatus.DONE,
+    ToolCallStatus.FAILED,
+    ToolCallStatus.TIMED_OUT,
+    ToolCallStatus.CANCELLED,
+)
+
+
+class ToolCall(models.Model):
+    """One tool call the model made: what it asked, who ran it, what came back, and when."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="tool_calls")
+    step_index = models.PositiveIntegerField()
+    index = models.PositiveIntegerField()
+    call_id = models.CharField(max_length=255)  # exactly as the provider sent it
+    name = models.CharField(max_length=128)
+    arguments_raw = models.TextField(blank=True, default="")
+    arguments = models.JSONField(null=True, blank=True)
+    status = models.CharField(
+        max_length=16, choices=ToolCallStatus.choices, default=ToolCallStatus.QUEUED
+    )
+    result = models.TextField(blank=True, default="")
+    task_id = models.CharField(max_length=64, blank=True, default="")
+    worker = models.CharField(max_length=200, blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    time_limit = models.FloatField(default=30.0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["step_index", "index"]
+        indexes = [models.Index(fields=["message", "step_index"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.status})"
+
+    @property
+    def short_id(self) -> str:
+        return self.id.hex[:12]
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_TOOL_STATUSES

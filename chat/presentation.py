@@ -16,7 +16,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 
-from chat.models import Message, MessageStatus, Step
+from chat.models import Message, MessageStatus, Step, ToolCall
 from chat.rendering import IncrementalMarkdown
 
 PARTIALS = "chat/partials.html"
@@ -30,6 +30,21 @@ class StepView:
     first_reasoning_at: datetime | None = None
     reasoning_ended_at: datetime | None = None
     finished_at: datetime | None = None
+    answered: bool = False  # the step streamed answer text (so its thinking is over)
+    tools: list[ToolCall] = field(default_factory=list)
+
+    @property
+    def clock_started_ms(self) -> int | None:
+        return epoch_ms(self.started_at)
+
+    @property
+    def clock_ended_ms(self) -> int | None:
+        return epoch_ms(self.reasoning_ended_at or self.finished_at)
+
+    @property
+    def seconds(self) -> int:
+        end = self.reasoning_ended_at or self.finished_at or timezone.now()
+        return max(0, round((end - self.started_at).total_seconds()))
 
 
 @dataclass
@@ -79,7 +94,7 @@ class MessageView:
         start = self.reasoning_started_at
         if start is None:
             return 0
-        end = self.reasoning_ended_at or timezone.now()
+        end = timezone.now() if self.is_thinking else (self.reasoning_ended_at or timezone.now())
         return max(0, round((end - start).total_seconds()))
 
     @property
@@ -92,7 +107,12 @@ class MessageView:
 
     @property
     def is_thinking(self) -> bool:
-        return self.is_live and self.reasoning_ended_at is None
+        """Live and not yet answering: the loop may still be reasoning or running tools."""
+        return self.is_live and not (self.steps and self.steps[-1].answered)
+
+    @property
+    def step_count(self) -> int:
+        return len(self.steps)
 
     @property
     def can_retry(self) -> bool:
@@ -100,6 +120,7 @@ class MessageView:
             MessageStatus.FAILED,
             MessageStatus.INTERRUPTED,
             MessageStatus.STOPPED,
+            MessageStatus.STEP_LIMIT,
         }
 
 
@@ -107,7 +128,9 @@ def epoch_ms(moment: datetime | None) -> int | None:
     return None if moment is None else int(moment.timestamp() * 1000)
 
 
-def step_view(step: Step) -> StepView:
+def step_view(
+    step: Step, tools: list[ToolCall] | None = None, *, answered: bool = False
+) -> StepView:
     return StepView(
         index=step.index,
         reasoning=step.reasoning,
@@ -115,11 +138,18 @@ def step_view(step: Step) -> StepView:
         first_reasoning_at=step.first_reasoning_at,
         reasoning_ended_at=step.reasoning_ended_at,
         finished_at=step.finished_at,
+        answered=answered or bool(step.content),
+        tools=tools or [],
     )
 
 
-def message_view(message: Message, steps: Iterable[Step]) -> MessageView:
+def message_view(
+    message: Message, steps: Iterable[Step], tool_calls: Iterable[ToolCall] = ()
+) -> MessageView:
     """The view of an assistant message as the database has it."""
+    by_step: dict[int, list[ToolCall]] = {}
+    for call in tool_calls:
+        by_step.setdefault(call.step_index, []).append(call)
     markdown = IncrementalMarkdown()
     blocks = markdown.feed(message.text)
     if not message.is_live:
@@ -128,7 +158,9 @@ def message_view(message: Message, steps: Iterable[Step]) -> MessageView:
         id=message.id,
         status=message.status,
         seq=message.seq,
-        steps=[step_view(step) for step in steps],
+        steps=[
+            step_view(step, by_step.get(step.index), answered=not message.is_live) for step in steps
+        ],
         answer_html=mark_safe("".join(blocks)),  # noqa: S308 - sanitised by chat.rendering
         tail=markdown.tail if message.is_live else "",
         error_kind=message.error_kind,
@@ -165,6 +197,14 @@ def render_footer(view: MessageView) -> str:
 
 def render_step(view: MessageView, step: StepView) -> str:
     return render_partial("step", m=view, step=step)
+
+
+def render_step_head(view: MessageView, step: StepView) -> str:
+    return render_partial("step_head", m=view, step=step, sh_oob=True)
+
+
+def render_tool_card(view: MessageView, call: ToolCall, *, oob: bool = False) -> str:
+    return render_partial("tool_card", m=view, tc=call, tc_oob=oob)
 
 
 def escape_text(text: str) -> str:

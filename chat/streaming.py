@@ -30,10 +30,11 @@ from django.utils.safestring import mark_safe
 from agents.client import ProviderClient, ProviderConfig, StepResult
 from agents.errors import ProviderError
 from agents.stream import ContentDelta, MalformedLine, ReasoningDelta, StreamEvent
-from agents.turn import run_turn
-from chat import events
+from agents.tools import current_config, offered_tools
+from agents.turn import PreparedCall, StepLimitReached, run_turn
+from chat import events, toolruns
 from chat.actions import load_turn
-from chat.models import Message, MessageStatus, Step
+from chat.models import Message, MessageStatus, Step, ToolCall
 from chat.presentation import (
     MessageView,
     StepView,
@@ -41,7 +42,9 @@ from chat.presentation import (
     render_assistant,
     render_footer,
     render_step,
+    render_step_head,
     render_thinking_head,
+    render_tool_card,
 )
 from chat.rendering import IncrementalMarkdown
 
@@ -84,11 +87,12 @@ def running_turns() -> int:
 
 @dataclass
 class _Op:
-    """One pending change: a new step, reasoning or answer text, or a clock change."""
+    """One pending change: a new step, reasoning or answer text, a clock change, a tool card."""
 
-    kind: str  # "step" | "reasoning" | "content" | "head"
+    kind: str  # "step" | "reasoning" | "content" | "head" | "tool"
     text: str = ""
     step: int = 0
+    call: ToolCall | None = None
 
 
 class TurnSession:
@@ -119,6 +123,7 @@ class TurnSession:
         self.done = asyncio.Event()
         self.finish_reason = ""
         self.malformed_lines = 0
+        self.tool_changed = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -143,7 +148,16 @@ class TurnSession:
         await events.publish_frame(self.layer, self.group, self.short, 0, self._snapshot_html())
         status, error_kind, error_message = MessageStatus.COMPLETE, "", ""
         try:
-            self.stream_task = asyncio.create_task(run_turn(provider_client(), turn.history, self))
+            self.stream_task = asyncio.create_task(
+                run_turn(
+                    provider_client(),
+                    turn.history,
+                    self,
+                    tools=offered_tools(turn.tools),
+                    tool_config=current_config(),
+                    max_steps=settings.GLASSBOX_MAX_STEPS,
+                )
+            )
             await self.stream_task
         except asyncio.CancelledError:
             current = asyncio.current_task()
@@ -155,6 +169,9 @@ class TurnSession:
             status = MessageStatus.STOPPED
         except ProviderError as exc:
             status, error_kind, error_message = MessageStatus.FAILED, exc.kind, exc.user_message
+        except StepLimitReached as exc:
+            status, error_kind = MessageStatus.STEP_LIMIT, "step_limit"
+            error_message = f"Step limit reached: {exc} Retry to let it go on from the start."
         except Exception:
             logger.exception("turn %s failed", self.message_id)
             status, error_kind = MessageStatus.FAILED, "internal"
@@ -165,9 +182,11 @@ class TurnSession:
         self, status: str, error_kind: str, error_message: str, helpers: list[asyncio.Task[Any]]
     ) -> None:
         listener, flusher, checkpointer = helpers
-        flusher.cancel()
         self.done.set()
-        await checkpointer  # let a checkpoint in progress land before the final write
+        self.dirty.set()
+        # Both end by themselves once `done` is set: a checkpoint in progress lands before the
+        # final write, and the flusher sends what is pending as the frame before the last.
+        await asyncio.gather(flusher, checkpointer)
         now = timezone.now()
         for step in self.steps.values():
             step.finished_at = step.finished_at or now
@@ -182,6 +201,8 @@ class TurnSession:
             await self._db(self._save_final)
             await events.publish_frame(self.layer, self.group, self.short, self.view.seq, frame)
         listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
 
     # --- TurnSink ---------------------------------------------------------------------------
 
@@ -198,8 +219,9 @@ class TurnSession:
                 self._push(_Op("head", step=step.index), urgent=True)
             self._push(_Op("reasoning", event.text, step.index))
         elif isinstance(event, ContentDelta):
-            if step.reasoning_ended_at is None:
-                step.reasoning_ended_at = timezone.now()
+            if not step.answered:
+                step.answered = True
+                step.reasoning_ended_at = step.reasoning_ended_at or timezone.now()
                 self._push(_Op("head", step=step.index), urgent=True)
             self._push(_Op("content", event.text, step.index))
         elif isinstance(event, MalformedLine):
@@ -212,11 +234,60 @@ class TurnSession:
         if step.first_reasoning_at is not None and step.reasoning_ended_at is None:
             step.reasoning_ended_at = step.finished_at
         self.finish_reason = result.finish_reason or ""
+        self._push(_Op("head", step=index), urgent=True)
         if result.usage is not None:
             self.view.prompt_tokens += result.usage.prompt_tokens
             self.view.cached_tokens += result.usage.cached_tokens
             self.view.completion_tokens += result.usage.completion_tokens
             self.view.reasoning_tokens += result.usage.reasoning_tokens
+
+    async def run_tool_calls(self, index: int, calls: list[PreparedCall]) -> list[str]:
+        rows = await self._db(toolruns.record_calls, self.message_id, index, calls)
+        for row in rows:
+            self._push(_Op("tool", step=index, call=row), urgent=True)
+        await self._db(toolruns.dispatch, rows)
+        try:
+            finished = await self._wait_for_tools(rows)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._cancel_tools(rows))
+            raise
+        by_id = {row.id: row for row in finished}
+        return [toolruns.model_content(by_id[row.id]) for row in rows]
+
+    async def _wait_for_tools(self, rows: list[ToolCall]) -> list[ToolCall]:
+        """Wait until every call has an outcome, showing each change as it happens."""
+        latest = {row.id: row for row in rows}
+        poll = settings.GLASSBOX_TOOL_POLL_MS / 1000
+        next_overdue_check = time.monotonic() + 1.0
+        while pending := [pk for pk, row in latest.items() if not row.is_final]:
+            self.tool_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.tool_changed.wait(), poll)
+            for row in await self._db(toolruns.fetch, pending):
+                old = latest[row.id]
+                if (row.status, row.started_at, row.attempts) != (
+                    old.status,
+                    old.started_at,
+                    old.attempts,
+                ):
+                    latest[row.id] = row
+                    self._push(_Op("tool", step=row.step_index, call=row), urgent=True)
+            still = [pk for pk in pending if not latest[pk].is_final]
+            if still and time.monotonic() >= next_overdue_check:
+                next_overdue_check = time.monotonic() + 1.0
+                if await self._db(toolruns.time_out_overdue, still):
+                    self.tool_changed.set()
+        return list(latest.values())
+
+    async def _cancel_tools(self, rows: list[ToolCall]) -> None:
+        task_ids = await self._db(toolruns.cancel, [row.id for row in rows])
+        for row in await self._db(toolruns.fetch, [row.id for row in rows]):
+            self._push(_Op("tool", step=row.step_index, call=row))
+        if task_ids and settings.REDIS_URL:
+            # The filesystem broker has no broadcast; there a queued task finds its call
+            # cancelled and does nothing, and a running one is told through should_stop.
+            with contextlib.suppress(Exception):
+                await self._db(_revoke, task_ids)
 
     # --- ops and frames ---------------------------------------------------------------------
 
@@ -255,12 +326,17 @@ class TurnSession:
                 )
             elif op.kind == "content":
                 parts.append(self._content_html(self.markdown.feed(op.text), op.text))
+            elif op.kind == "tool" and op.call is not None:
+                parts.append(self._tool_html(op.call))
             else:
                 heads.add(op.step)
         if final:
             parts.append(self._content_html(self.markdown.finish(), None))
         self.ops.clear()
         self.pending_chars = 0
+        for index in sorted(heads if not final else self.steps):
+            if index in self.steps and self.steps[index] in self.view.steps:
+                parts.append(render_step_head(self.view, self.steps[index]))
         if heads or final:
             parts.append(render_thinking_head(self.view))
         if final:
@@ -284,16 +360,28 @@ class TurnSession:
             f"{escape_text(self.markdown.tail)}</span>"
         )
 
+    def _tool_html(self, call: ToolCall) -> str:
+        tools = self.steps[call.step_index].tools
+        for position, existing in enumerate(tools):
+            if existing.id == call.id:
+                tools[position] = call
+                return render_tool_card(self.view, call, oob=True)
+        tools.append(call)
+        return (
+            f'<div id="tools-{self.short}-{call.step_index}" hx-swap-oob="beforeend">'
+            f"{render_tool_card(self.view, call)}</div>"
+        )
+
     def _snapshot_html(self) -> str:
         kind = events.frame_header(self.short, self.view.seq, "snap")
         return kind + self.user_html + render_assistant(self.view, oob=True)
 
     async def _flusher(self) -> None:
         window = settings.GLASSBOX_COALESCE_MS / 1000
-        while True:
+        while not self.done.is_set():
             await self.dirty.wait()
             delay = self.last_flush + window - time.monotonic()
-            if delay > 0 and not self.urgent.is_set():
+            if delay > 0 and not self.urgent.is_set() and not self.done.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.urgent.wait(), delay)
             self.dirty.clear()
@@ -317,6 +405,8 @@ class TurnSession:
                 )
             elif event.get("type") == "turn.stop":
                 self.request_stop()
+            elif event.get("type") == "tool.changed":
+                self.tool_changed.set()
 
     def request_stop(self) -> None:
         self.stop_requested = True
@@ -402,3 +492,9 @@ class TurnSession:
                 completion_tokens=view.completion_tokens,
                 reasoning_tokens=view.reasoning_tokens,
             )
+
+
+def _revoke(task_ids: list[str]) -> None:
+    from chat.celery import app
+
+    app.control.revoke(task_ids, terminate=True)

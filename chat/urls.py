@@ -18,5 +18,7 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/rename/", views.rename_conversation, name="rename"),
     path("c/<uuid:conversation_id>/delete/", views.delete_conversation, name="delete"),
     path("c/<uuid:conversation_id>/m/<uuid:message_id>/stop/", views.stop_turn, name="stop"),
+    path("c/<uuid:conversation_id>/tools/", views.set_tools, name="tools"),
+    path("c/<uuid:conversation_id>/tool/<uuid:call_id>/", views.tool_result, name="tool-result"),
     path("c/<uuid:conversation_id>/m/<uuid:message_id>/retry/", views.retry_turn, name="retry"),
 ]

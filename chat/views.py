@@ -8,7 +8,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
@@ -16,10 +16,11 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from chat import actions, events
 from chat.access import get_conversation_for_user, get_message_for_user
-from chat.forms import MessageForm, RenameForm
-from chat.models import Conversation, Message, MessageStatus
+from chat.forms import MessageForm, RenameForm, ToolsForm
+from chat.models import Conversation, Message, MessageStatus, ToolCall
 from chat.presentation import message_view
 from chat.streaming import start_turn
+from chat.tooling import tool_choices
 
 
 def _sidebar(user: object) -> list[Conversation]:
@@ -29,18 +30,22 @@ def _sidebar(user: object) -> list[Conversation]:
 def _page_context(request: HttpRequest, conversation: Conversation | None) -> dict[str, object]:
     items: list[tuple[str, Any]] = []
     if conversation is not None:
-        messages = list(conversation.messages.order_by("created_at").prefetch_related("steps"))
+        messages = conversation.messages.order_by("created_at").prefetch_related(
+            "steps", "tool_calls"
+        )
         for message in messages:
             if message.role == Message.Role.USER:
                 items.append(("user", message))
             else:
-                items.append(("assistant", message_view(message, message.steps.all())))
+                view = message_view(message, message.steps.all(), message.tool_calls.all())
+                items.append(("assistant", view))
     return {
         "conversations": _sidebar(request.user),
         "conversation": conversation,
         "items": items,
         "form": MessageForm(),
         "busy": any(kind == "assistant" and item.is_live for kind, item in items),
+        "tool_choices": tool_choices(conversation) if conversation is not None else [],
     }
 
 
@@ -156,3 +161,32 @@ def delete_conversation(request: HttpRequest, conversation_id: uuid.UUID) -> Htt
     actions.do_delete_conversation(conversation)
     url = reverse("home")
     return HttpResponseClientRedirect(url) if request.htmx else redirect(url)  # type: ignore[attr-defined]
+
+
+@login_required
+def tool_result(
+    request: HttpRequest, conversation_id: uuid.UUID, call_id: uuid.UUID
+) -> HttpResponse:
+    """The whole result of one tool call ("show all" on a truncated card)."""
+    conversation = get_conversation_for_user(request.user, conversation_id)
+    call = ToolCall.objects.filter(id=call_id, message__conversation=conversation).first()
+    if call is None:
+        raise Http404("No such tool call")
+    return render(request, "chat/partials.html#tool_result", {"tc": call})
+
+
+@login_required
+@require_POST
+def set_tools(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    """Switch tools on or off for one conversation."""
+    conversation = get_conversation_for_user(request.user, conversation_id)
+    form = ToolsForm(request.POST, choices=[name for name, _, _, _ in tool_choices(conversation)])
+    if form.is_valid():
+        actions.do_set_conversation_tools(conversation, form.cleaned_data["enabled"])
+    if request.htmx:  # type: ignore[attr-defined]
+        return render(
+            request,
+            "chat/partials.html#tools_menu",
+            {"conversation": conversation, "tool_choices": tool_choices(conversation)},
+        )
+    return redirect("conversation", conversation_id=conversation.id)

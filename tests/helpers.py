@@ -46,33 +46,49 @@ def session_cookie(user: Any) -> str:
 
 
 class FrameRecorder:
-    """Joins a conversation's group like a consumer does and records every frame."""
+    """Joins a conversation's group like a consumer does and records every frame as it comes."""
 
     def __init__(self, conversation: Conversation) -> None:
         self.group = conversation.group_name
         self.frames: list[str] = []
         self.layer = get_channel_layer()
         self.channel = ""
+        self.final = asyncio.Event()
+        self.arrived = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> FrameRecorder:
         self.channel = await self.layer.new_channel()
         await self.layer.group_add(self.group, self.channel)
+        self.task = asyncio.create_task(self._receive())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self.task is not None:
+            self.task.cancel()
         await self.layer.group_discard(self.group, self.channel)
 
+    async def _receive(self) -> None:
+        while True:
+            event = await self.layer.receive(self.channel)
+            self.frames.append(event["html"])
+            self.arrived.set()
+            if 'class="msg-foot"' in event["html"] and header(event["html"])[2] == "d":
+                self.final.set()
+
+    async def wait_for(self, text: str, timeout: float = 10.0) -> None:
+        """Wait until some frame contains `text`."""
+
+        async def seen() -> None:
+            while not any(text in frame for frame in self.frames):
+                self.arrived.clear()
+                await self.arrived.wait()
+
+        await asyncio.wait_for(seen(), timeout)
+
     async def until_final(self, timeout: float = 10.0) -> list[str]:
-        """Receive frames until the one that carries the finished message's footer."""
-
-        async def receive_all() -> None:
-            while True:
-                event = await self.layer.receive(self.channel)
-                self.frames.append(event["html"])
-                if 'class="msg-foot"' in event["html"] and header(event["html"])[1] > 0:
-                    return
-
-        await asyncio.wait_for(receive_all(), timeout)
+        """Wait for the frame that carries the finished message's footer."""
+        await asyncio.wait_for(self.final.wait(), timeout)
         return self.frames
 
 

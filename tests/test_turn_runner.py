@@ -143,10 +143,7 @@ async def test_stop_cancels_upstream_and_keeps_the_partial(provider: Any, owner:
         session = TurnSession(assistant.id)
         task = asyncio.create_task(session.run())
         # Wait for reasoning to reach a browser, then stop.
-        reasoning_delta = f'<span id="r-{assistant.id.hex[:12]}-0" hx-swap-oob="beforeend">'
-        while not any(reasoning_delta in f for f in recorder.frames):
-            event = await asyncio.wait_for(recorder.layer.receive(recorder.channel), 10)
-            recorder.frames.append(event["html"])
+        await recorder.wait_for(f'<span id="r-{assistant.id.hex[:12]}-0" hx-swap-oob="beforeend">')
         session.request_stop()
         await asyncio.wait_for(task, 10)
         await recorder.until_final()
