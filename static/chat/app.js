@@ -41,6 +41,12 @@
   document.addEventListener("htmx:wsOpen", (e) => {
     socket = e.detail.socketWrapper;
     catchingUp.clear();
+    // A turn this page shows as live may have ended before the socket joined (between the
+    // page render and now, or while reconnecting); the server only volunteers a snapshot for a
+    // turn that is still live, so ask for each one. Snapshots are idempotent.
+    document.querySelectorAll("article.assistant[data-msg]").forEach((a) => {
+      if (a.querySelector("[data-stop]")) requestCatchup(a.dataset.msg);
+    });
   });
 
   document.addEventListener("htmx:wsBeforeMessage", (e) => {
@@ -81,9 +87,17 @@
   });
 
   function tickClocks() {
-    document.querySelectorAll(".think-head[data-live='1']").forEach((el) => {
+    // Step and tool clocks: "<prefix>N s" while they run, from server start times.
+    document.querySelectorAll("[data-clock]").forEach((el) => {
       if (el.dataset.ended || !el.dataset.started) return;
       const seconds = Math.max(0, Math.floor((Date.now() + clockOffset - Number(el.dataset.started)) / 1000));
+      const text = (el.dataset.livePrefix || "") + seconds + " s";
+      if (el.textContent !== text) el.textContent = text;
+    });
+    document.querySelectorAll(".think-head[data-live='1']").forEach((el) => {
+      if (el.dataset.ended || !el.dataset.started) return;
+      // Rounded like the server's "Thinking… N s", so the first tick never steps back a second.
+      const seconds = Math.max(0, Math.round((Date.now() + clockOffset - Number(el.dataset.started)) / 1000));
       const text = "Thinking… " + seconds + " s";
       if (el.textContent !== text) el.textContent = text;
     });
@@ -138,6 +152,16 @@
     textarea.style.height = "auto";
     textarea.style.height = Math.min(textarea.scrollHeight, 240) + "px";
   }
+
+  // htmx swaps no 4xx response by default, but the server answers a rejected message with the
+  // composer and its error (422 invalid, 409 still answering): show it.
+  document.addEventListener("htmx:beforeSwap", (e) => {
+    const status = e.detail.xhr.status;
+    if ((status === 409 || status === 422) && e.detail.target && e.detail.target.id === "composer") {
+      e.detail.shouldSwap = true;
+      e.detail.isError = false;
+    }
+  });
 
   document.addEventListener("htmx:afterSwap", (e) => {
     if (e.detail.target && e.detail.target.id === "composer") {
