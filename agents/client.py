@@ -161,8 +161,13 @@ class ProviderClient:
         """One HTTP request; every failure leaves it as a `ProviderError`."""
         parser = StreamParser()
         try:
+            # The SDK rebuilds every message through its TypedDicts on each request (about
+            # 0.7 ms a message: 0.2 s a step by step 150 of a tool loop). The history is plain
+            # JSON already, so it rides in `extra_body`, which the SDK sends as it is.
+            fields = dict(request)
+            verbatim = {key: fields.pop(key) for key in ("messages", "tools") if key in fields}
             async with self._openai.chat.completions.with_streaming_response.create(
-                **request
+                **fields, messages=[], extra_body=verbatim
             ) as response:
                 lines = response.iter_lines()
                 async for line in lines:
