@@ -35,6 +35,7 @@ def conversation_urls(conversation: Conversation, message: Message) -> list[tupl
         ("post", reverse("delete", args=[c])),
         ("post", reverse("stop", args=[c, m])),
         ("post", reverse("retry", args=[c, m])),
+        ("post", reverse("tools", args=[c])),
     ]
 
 
@@ -154,3 +155,34 @@ def test_sweeper_marks_dead_turns_interrupted_and_keeps_their_text(
     fresh.refresh_from_db()
     assert stale.status == "interrupted" and stale.text == "partial answer"
     assert fresh.status == "streaming"
+
+
+def test_admin_switches_tools_for_the_deployment(owner: Any, django_user_model: Any) -> None:
+    from chat.actions import conversation_tools
+    from chat.models import ToolSetting
+
+    admin_user = django_user_model.objects.create_superuser("root", password="root-pass-123")
+    response = as_user(admin_user).get("/admin/chat/toolsetting/")
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert "fetch_url" in body and "echo" in body
+    conversation = actions.do_create_conversation(owner)
+    assert "fetch_url" in conversation_tools(conversation)
+    ToolSetting.objects.filter(name="fetch_url").update(enabled=False)
+    assert "fetch_url" not in conversation_tools(conversation)
+
+
+def test_user_switches_tools_per_conversation(owner: Any, conversation: Conversation) -> None:
+    from chat.actions import conversation_tools
+
+    offered = conversation_tools(conversation)
+    assert "recall" in offered
+    keep = [name for name in offered if name != "recall"]
+    response = as_user(owner).post(
+        reverse("tools", args=[conversation.id]), {"enabled": keep}, HTTP_HX_REQUEST="true"
+    )
+    assert response.status_code == 200
+    assert 'value="recall"' in response.content.decode()
+    conversation.refresh_from_db()
+    assert conversation.disabled_tools == ["recall"]
+    assert conversation_tools(conversation) == keep
