@@ -186,3 +186,36 @@ def test_user_switches_tools_per_conversation(owner: Any, conversation: Conversa
     conversation.refresh_from_db()
     assert conversation.disabled_tools == ["recall"]
     assert conversation_tools(conversation) == keep
+
+
+def test_a_tool_result_is_shown_whole_to_its_owner_only(
+    owner: Any, outsider: Any, conversation: Conversation
+) -> None:
+    from chat.models import Step, ToolCall
+
+    question = Message.objects.create(conversation=conversation, role="user", text="q")
+    answer = Message.objects.create(
+        conversation=conversation, role="assistant", reply_to=question, status="complete"
+    )
+    Step.objects.create(
+        message=answer, index=0, reasoning="use python", started_at=answer.created_at
+    )
+    call = ToolCall.objects.create(
+        message=answer,
+        step_index=0,
+        index=0,
+        call_id="python:0",
+        name="python",
+        arguments_raw='{"code": "print(1)\\nprint(2)"}',
+        arguments={"code": "print(1)\nprint(2)"},
+        status="done",
+        result="x" * 9000 + "END",
+    )
+    url = reverse("tool-result", args=[conversation.id, call.id])
+    response = as_user(owner).get(url)
+    assert response.status_code == 200
+    assert "x" * 9000 + "END" in response.content.decode()
+    assert as_user(outsider).get(url).status_code == 404
+    page = as_user(owner).get(reverse("conversation", args=[conversation.id])).content.decode()
+    assert "code:\nprint(1)\nprint(2)" in page, "code arguments are shown as lines"
+    assert "Show all (9003 characters)" in page

@@ -20,9 +20,16 @@ def tool_summary(call: ToolCall) -> str:
 
 @register.filter
 def pretty_arguments(call: ToolCall) -> str:
-    if call.arguments is not None:
-        return json.dumps(call.arguments, indent=2, ensure_ascii=False)
-    return call.arguments_raw
+    """Arguments for reading: multi-line strings (code, mostly) as real lines, not \\n."""
+    if not isinstance(call.arguments, dict):
+        return call.arguments_raw
+    parts = []
+    for key, value in call.arguments.items():
+        if isinstance(value, str) and "\n" in value:
+            parts.append(f"{key}:\n{value}")
+        else:
+            parts.append(f"{key}: {json.dumps(value, ensure_ascii=False)}")
+    return "\n".join(parts)
 
 
 @register.filter

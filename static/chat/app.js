@@ -73,6 +73,15 @@
     syncBusy();
   });
 
+  // A tool card is replaced whole when its status changes: keep it open if the reader opened it.
+  document.addEventListener("htmx:oobBeforeSwap", (e) => {
+    const old = e.detail.target;
+    if (!old || !old.classList || !old.classList.contains("tool-card")) return;
+    if (old.querySelector(":scope > details")?.open) {
+      e.detail.fragment.querySelector(".tool-card > details")?.setAttribute("open", "");
+    }
+  });
+
   document.addEventListener("htmx:oobAfterSwap", (e) => {
     const target = e.target; // the element swapped in (detail.target is the one replaced)
     if (target && target.classList && target.classList.contains("think-head")) {

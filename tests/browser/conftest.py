@@ -1,8 +1,13 @@
 """Browser fixtures: the real app in a daphne child process, the offline model, Chromium.
 
 The app runs exactly as deployed (daphne, the in-process channel layer, turn runners in the web
-process) against pytest-django's SQLite test database file, so the data a test commits through
-`transactional_db` is what the app sees, and what the app stores is what the test reads back.
+process, a Celery worker on the filesystem broker for tool calls) against pytest-django's SQLite
+test database file, so the data a test commits through `transactional_db` is what the app sees,
+and what the app stores is what the test reads back.
+
+daphne and the worker share a data folder of their own (`var/browser/`), so their broker queue is
+not the one a unit run at the same time uses: that run's worker would take the browser's tool
+calls and look for them in the wrong database.
 """
 
 from __future__ import annotations
@@ -63,11 +68,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(skip)
 
 
+WORKER_STARTUP_SECONDS = 60.0
+
+
 @dataclass
 class LiveApp:
     url: str
     model: ThreadedServer
     log: Path
+    env: dict[str, str]  # the environment of the app's processes (daphne, the worker)
+    data_dir: Path
 
 
 def _free_port() -> int:
@@ -115,6 +125,8 @@ def live_app(django_db_setup: None) -> Iterator[LiveApp]:
     model = start_in_thread(rate=MODEL_RATE)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
+    data_dir = settings.DATA_DIR / "browser"
+    data_dir.mkdir(parents=True, exist_ok=True)
     env = {
         key: value
         for key, value in os.environ.items()
@@ -123,6 +135,7 @@ def live_app(django_db_setup: None) -> Iterator[LiveApp]:
     env.update(
         DJANGO_SETTINGS_MODULE="chat.settings",
         DATABASE_URL=f"sqlite:///{database}",
+        GLASSBOX_DATA_DIR=str(data_dir),
         GLASSBOX_PROVIDER="offline",
         GLASSBOX_BASE_URL=model.base_url,
     )
@@ -138,15 +151,51 @@ def live_app(django_db_setup: None) -> Iterator[LiveApp]:
         )
     try:
         _wait_until_serving(url, process, log)
-        yield LiveApp(url=url, model=model, log=log)
+        yield LiveApp(url=url, model=model, log=log, env=env, data_dir=data_dir)
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        _stop(process)
         model.stop()
+
+
+def _stop(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)
+
+
+@pytest.fixture(scope="session")
+def worker(live_app: LiveApp) -> Iterator[subprocess.Popen[bytes]]:
+    """A real Celery worker running the app's tool calls, on the app's broker and database.
+
+    Like `tests.procs.celery_worker`, but it clears stale messages from the browser's own
+    broker folder, never from the one a unit run at the same time may be using.
+    """
+    queue = live_app.data_dir / "broker" / "queue"
+    for stale in queue.glob("*.msg"):
+        stale.unlink(missing_ok=True)
+    log = settings.DATA_DIR / "browser-worker.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "chat", "worker", "--loglevel", "INFO"]
+            + ["--concurrency", "2", "-n", f"browser-{os.getpid()}@%h"]
+            + ["--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=settings.BASE_DIR,
+            env=live_app.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + WORKER_STARTUP_SECONDS
+        while b" ready." not in log.read_bytes():
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the Celery worker did not start:\n{log.read_text()[-4000:]}")
+            time.sleep(0.05)
+        yield process
+    finally:
+        _stop(process, 15)
 
 
 @pytest.fixture(scope="session")
