@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES = "postgres://postgres@127.0.0.1:5432/glassbox_toolbench"
@@ -35,6 +36,10 @@ REDIS = "redis://127.0.0.1:6379/3"
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def seconds(start: Any, end: Any) -> float:
+    return float((end - start).total_seconds())
 
 
 def wait_for_port(port: int) -> None:
@@ -85,13 +90,13 @@ def child(steps: int) -> dict[str, object]:
     env = {"REDIS_URL": settings.REDIS_URL} if settings.REDIS_URL else {}
     samples: list[tuple[int, int]] = []
 
-    async def sample_memory(message_id: object) -> None:
+    async def sample_memory(message_id: Any) -> None:
         while True:
             await asyncio.sleep(0.25)
             count = await sync_to_async(ToolCall.objects.filter(message_id=message_id).count)()
             samples.append((count, tracemalloc.get_traced_memory()[0]))
 
-    async def run(text: str) -> tuple[float, object]:
+    async def run(text: str) -> tuple[float, Any]:
         conversation = await sync_to_async(actions.do_create_conversation)(user)
         message = await sync_to_async(actions.do_send_message)(conversation, text)
         sampler = asyncio.create_task(sample_memory(message.id))
@@ -100,7 +105,7 @@ def child(steps: int) -> dict[str, object]:
         sampler.cancel()
         return time.perf_counter() - started, message.id
 
-    async def both() -> tuple[float, object, int]:
+    async def both() -> tuple[float, Any, int]:
         # Warm up connections and the worker's imports, then measure.
         await run('warm-up !loop:5 !tool:echo:{"text":"x"} !think:3 !words:5')
         samples.clear()
@@ -116,16 +121,15 @@ def child(steps: int) -> dict[str, object]:
         wall, message_id, peak = asyncio.run(both())
     server.terminate()
     rows = list(Step.objects.filter(message_id=message_id).order_by("index"))
-    streaming = sum((s.finished_at - s.started_at).total_seconds() for s in rows)  # type: ignore[operator]
+    streaming = sum(seconds(s.started_at, s.finished_at) for s in rows)
     gaps = [
-        (b.started_at - a.finished_at).total_seconds() * 1000  # type: ignore[operator]
-        for a, b in zip(rows, rows[1:], strict=False)
+        seconds(a.finished_at, b.started_at) * 1000 for a, b in zip(rows, rows[1:], strict=False)
     ]
     calls = list(ToolCall.objects.filter(message_id=message_id).order_by("step_index"))
     starts = {s.index: s.started_at for s in rows}
 
-    def ms(pairs: list[tuple[object, object]]) -> float:
-        return round(statistics.median((b - a).total_seconds() * 1000 for a, b in pairs), 1)  # type: ignore[operator]
+    def ms(pairs: list[tuple[Any, Any]]) -> float:
+        return round(statistics.median(seconds(a, b) * 1000 for a, b in pairs), 1)
 
     breakdown = {
         "dispatch_to_start_ms_p50": ms([(c.created_at, c.started_at) for c in calls]),
