@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,11 @@ from agents.client import ProviderClient, ProviderConfig, StepResult
 from agents.errors import ErrorKind, ProviderError
 from agents.stream import ContentDelta, MalformedLine, ReasoningDelta, StreamEvent, Usage
 
-RECORDED = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "kimi-recorded"
+# The project's read-only shared folder sits beside the checkout (GLASSBOX_SHARED_DIR elsewhere).
+SHARED = Path(
+    os.environ.get("GLASSBOX_SHARED_DIR") or Path(__file__).resolve().parents[2] / "shared"
+)
+RECORDED = SHARED / "fixtures" / "kimi-recorded"
 CHUTES_REASONING = "openrouter-chutes-kimi-k2.5-reasoning-then-tool-call-stream.vcr.yaml"
 MESSAGES = [{"role": "user", "content": "What is 2+2?"}]
 

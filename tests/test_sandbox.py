@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import tracemalloc
@@ -37,10 +38,23 @@ def isolation_required() -> None:
 needs_isolation = pytest.mark.usefixtures("isolation_required")
 
 
+def _visible_base() -> Path:
+    """A directory every user can reach: the checkout may sit in a private (0700) folder."""
+    for base in (Path(__file__).resolve().parent, Path("/srv"), Path("/opt"), Path("/var/lib")):
+        chain = [base, *base.parents]
+        if (
+            base.is_dir()
+            and os.access(base, os.W_OK)
+            and all(p.stat().st_mode & stat.S_IXOTH for p in chain)
+        ):
+            return base
+    raise RuntimeError("no world-traversable directory to test file permissions in")
+
+
 @pytest.fixture
 def host_dir() -> Iterator[Path]:
     """A root-owned directory the sandbox can see (not under the /tmp it gets its own copy of)."""
-    with tempfile.TemporaryDirectory(prefix=".sandbox-test-", dir=Path(__file__).parent) as name:
+    with tempfile.TemporaryDirectory(prefix=".sandbox-test-", dir=_visible_base()) as name:
         path = Path(name)
         path.chmod(0o755)
         yield path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,11 @@ from agents.stream import (
     Usage,
 )
 
-RECORDED = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "kimi-recorded"
+# The project's read-only shared folder sits beside the checkout (GLASSBOX_SHARED_DIR elsewhere).
+SHARED = Path(
+    os.environ.get("GLASSBOX_SHARED_DIR") or Path(__file__).resolve().parents[2] / "shared"
+)
+RECORDED = SHARED / "fixtures" / "kimi-recorded"
 MOONSHOT_PARALLEL = "openrouter-moonshot-upstream-kimi-k2-0905-parallel-tool-calls-stream.vcr.yaml"
 CHUTES_REASONING = "openrouter-chutes-kimi-k2.5-reasoning-then-tool-call-stream.vcr.yaml"
 
