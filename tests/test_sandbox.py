@@ -22,7 +22,7 @@ import pytest
 
 from agents import sandbox
 from agents.sandbox import SandboxLimits, isolation_problem, run_python
-from tests.procs import run_as_nobody
+from tests.procs import run_without_sys_admin
 
 
 @pytest.fixture
@@ -355,16 +355,16 @@ def test_huge_output_is_truncated_without_buffering_it() -> None:
 
 
 def test_an_unprivileged_worker_cannot_isolate_and_refuses_to_run() -> None:
-    # A real worker without root, not a simulated one: the same module, run as nobody.
-    result = run_as_nobody(
+    # A real worker without the needed privilege (CAP_SYS_ADMIN dropped), not a simulated one.
+    result = run_without_sys_admin(
         "from agents.sandbox import SandboxUnavailable, isolation_problem, run_python\n"
         "print(isolation_problem())\n"
         "try:\n    run_python('print(1)')\nexcept SandboxUnavailable as exc:\n"
         "    print('refused:', exc)\n"
     )
     problem, refused = result.stdout.splitlines()
-    assert problem.startswith("the sandbox needs root")
-    assert refused.startswith("refused: the sandbox needs root")
+    assert "cannot create network, PID and mount namespaces" in problem
+    assert refused == f"refused: {problem}"
 
 
 def test_limits_must_be_positive() -> None:
