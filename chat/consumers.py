@@ -137,6 +137,16 @@ class ConversationConsumer(AsyncWebsocketConsumer):
 
     # --- channel-layer handlers ---------------------------------------------------------------
 
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Frames touch no database: skip Channels' connection clean-up before each handler,
+        # which costs a thread hop for every frame to every viewer.
+        if message["type"] == "turn.frame":
+            await self.turn_frame(message)  # type: ignore[arg-type]
+        elif message["type"] == "turn.snapshot":
+            await self.turn_snapshot(message)  # type: ignore[arg-type]
+        else:
+            await super().dispatch(message)
+
     async def turn_frame(self, event: events.TurnFrame) -> None:
         if self.connecting is not None:
             self.connecting.append(event)

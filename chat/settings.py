@@ -165,7 +165,7 @@ else:
     # A slow tab must not lose frames in a burst (the default capacity is 100).
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "BACKEND": "chat.layers.EmbeddedChannelLayer",
             "CONFIG": {"capacity": 2000},
         }
     }

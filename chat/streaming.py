@@ -33,7 +33,7 @@ from agents.stream import ContentDelta, MalformedLine, ReasoningDelta, StreamEve
 from agents.tools import current_config, offered_tools
 from agents.turn import PreparedCall, StepLimitReached, run_turn
 from chat import events, toolruns
-from chat.actions import load_turn
+from chat.actions import TurnStart, load_turn
 from chat.models import Message, MessageStatus, Step, ToolCall
 from chat.presentation import (
     MessageView,
@@ -128,18 +128,17 @@ class TurnSession:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> None:
+        self.channel = await self.layer.new_channel("turn.")
+        self.view.provider = settings.GLASSBOX_PROVIDER
+        self.view.model = settings.GLASSBOX_MODEL
         try:
-            turn = await sync_to_async(load_turn)(self.message_id)
+            turn = await self._db(self._start)
         except Message.DoesNotExist:
             logger.warning("turn %s vanished before it started", self.message_id)
             return
         self.group = turn.group
         self.user_html = turn.user_html
         self.view.conversation_id = turn.conversation_id
-        self.view.provider = settings.GLASSBOX_PROVIDER
-        self.view.model = settings.GLASSBOX_MODEL
-        self.channel = await self.layer.new_channel("turn.")
-        await self._db(self._save_start)
         helpers = [
             asyncio.create_task(self._listen()),
             asyncio.create_task(self._flusher()),
@@ -431,13 +430,16 @@ class TurnSession:
         # Many runners checkpoint at once: a few threads, each keeping its own connection.
         return await sync_to_async(fn, thread_sensitive=False, executor=_DB_THREADS)(*args)
 
-    def _save_start(self) -> None:
+    def _start(self) -> TurnStart:
+        """Load what the turn needs and record who runs it, in one trip to the database."""
+        turn = load_turn(self.message_id)
         Message.objects.filter(id=self.message_id).update(
             runner_channel=self.channel,
             heartbeat_at=timezone.now(),
             provider=self.view.provider,
             model=self.view.model,
         )
+        return turn
 
     def _save_step(self, step: StepView, **fields: Any) -> None:
         fields.update(

@@ -78,6 +78,24 @@ def _composer(
     )
 
 
+def _accept_message(
+    request: HttpRequest, user: Any, conversation_id: uuid.UUID | None
+) -> tuple[HttpResponse | None, Conversation | None, Message | None]:
+    """All of a send's database work in one go (one hop off the event loop): either an
+    error response, or the conversation and the assistant message to stream into."""
+    conversation = None
+    if conversation_id is not None:
+        conversation = get_conversation_for_user(user, conversation_id)
+    form = MessageForm(request.POST)
+    if not form.is_valid():
+        return _composer(request, conversation, form, 422), conversation, None
+    if conversation is not None and actions.has_live_turn(conversation):
+        form.add_error(None, "The model is still answering. Stop it or wait for it to finish.")
+        return _composer(request, conversation, form, 409), conversation, None
+    conversation = conversation or actions.do_create_conversation(user)
+    return None, conversation, actions.do_send_message(conversation, form.cleaned_data["text"])
+
+
 @login_required
 @require_POST
 async def send_message(
@@ -85,24 +103,15 @@ async def send_message(
 ) -> HttpResponse:
     """Store the message, start its turn in this process, answer with a fresh composer."""
     user = await request.auser()
-    conversation = None
-    if conversation_id is not None:
-        conversation = await sync_to_async(get_conversation_for_user)(user, conversation_id)
-    form = MessageForm(request.POST)
-    if not await sync_to_async(form.is_valid)():
-        return await sync_to_async(_composer)(request, conversation, form, 422)
-    if conversation is not None and await sync_to_async(actions.has_live_turn)(conversation):
-        form.add_error(None, "The model is still answering. Stop it or wait for it to finish.")
-        return await sync_to_async(_composer)(request, conversation, form, 409)
-    created = conversation is None
-    if conversation is None:
-        conversation = await sync_to_async(actions.do_create_conversation)(user)  # type: ignore[arg-type]
-    assistant = await sync_to_async(actions.do_send_message)(
-        conversation, form.cleaned_data["text"]
+    refused, conversation, assistant = await sync_to_async(_accept_message)(
+        request, user, conversation_id
     )
+    if refused is not None:
+        return refused
+    assert conversation is not None and assistant is not None
     start_turn(assistant.id)
     url = reverse("conversation", kwargs={"conversation_id": conversation.id})
-    if created:
+    if conversation_id is None:
         return HttpResponseClientRedirect(url) if request.htmx else HttpResponseRedirect(url)  # type: ignore[attr-defined]
     if not request.htmx:  # type: ignore[attr-defined]
         return HttpResponseRedirect(url)
