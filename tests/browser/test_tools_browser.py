@@ -96,7 +96,7 @@ def test_a_running_tool_shows_a_ticking_card_then_its_result(
     # Opened while it runs, the card shows its arguments; no result yet.
     open_card(card)
     expect(card.locator(".tool-label")).to_have_text(["Arguments"])
-    expect(card.locator(".tool-body pre.tool-pre")).to_contain_text('"code": "import time')
+    expect(card.locator(".tool-body pre.tool-pre")).to_contain_text("code:\nimport time")
     page.screenshot(path=screenshots / "tools-01b-running-open.png")
 
     # Done: the card says so (and stays open), the loop goes on, the answer uses the result.
