@@ -244,8 +244,8 @@ class TurnSession:
         rows = await self._db(toolruns.record_calls, self.message_id, index, calls)
         for row in rows:
             self._push(_Op("tool", step=index, call=row), urgent=True)
-        await self._db(toolruns.dispatch, rows)
         try:
+            await self._db(toolruns.dispatch, rows)
             finished = await self._wait_for_tools(rows)
         except asyncio.CancelledError:
             await asyncio.shield(self._cancel_tools(rows))
@@ -481,6 +481,11 @@ class TurnSession:
                     finished_at=step.finished_at,
                     finish_reason=self.finish_reason if last else "",
                 )
+            # A turn that ends while calls are pending (stopped between recording and
+            # dispatching them, say) leaves none of them waiting for ever.
+            toolruns.cancel(
+                ToolCall.objects.filter(message_id=self.message_id).values_list("id", flat=True)
+            )
             Message.objects.filter(id=self.message_id).update(
                 text="".join(self.answer_text),
                 status=view.status,
