@@ -133,11 +133,14 @@ TEMPLATES = [
 
 # --- database ---------------------------------------------------------------------------
 DATABASE_URL = env_str("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'glassbox.sqlite3'}"
-# Connections are kept for a minute (checked before reuse): a worker or runner thread that
-# reconnected for every task or checkpoint would spend most of its time connecting.
+# Web processes close a connection at the end of each request: under ASGI every request may
+# run in a thread of its own, and kept connections would pile up past the server's limit.
+# Celery worker processes keep theirs (chat/celery.py); turn runners use a few threads of
+# their own whose connections live as long as the process.
 DATABASES = {
-    "default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
+    "default": dj_database_url.parse(DATABASE_URL, conn_max_age=0, conn_health_checks=True)
 }
+WORKER_CONN_MAX_AGE = 60
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the web process read while the worker writes; a busy timeout instead of
     # "database is locked" errors when both write at once.
