@@ -676,8 +676,20 @@ async def run_all(args: argparse.Namespace, cfg: Config, out: dict[str, Any]) ->
         tokens = think + words
         print(f"\n[load] N = {ns}, {tokens} tokens at {msg_rate:g} tok/s (~{expect:.0f} s each)")
         results: dict[int, bool] = {}
+        # Keep the whole run within --time-budget: time for wire and writes is set aside, and a
+        # load run that would not fit (stream time, plus the sends: ~0.3 s each on 2 busy cores)
+        # is skipped and reported as such.
+        reserve = 40.0 * len(only & {"wire", "writes"})
+        out["load"]["over_budget"] = []
 
-        async def one(n: int, coalesce: int | None = None) -> dict[str, Any]:
+        async def one(n: int, coalesce: int | None = None) -> dict[str, Any] | None:
+            estimate = expect + 15 + 0.3 * n
+            if time.monotonic() + estimate + reserve > args.t0 + args.time_budget:
+                print(
+                    f"  N = {n}: skipped, it would not fit in --time-budget {args.time_budget:g} s"
+                )
+                out["load"]["over_budget"].append(n)
+                return None
             label = f"load-n{n}" + (f"-c{coalesce}" if coalesce is not None else "")
             run = await run_streams(
                 cfg,
@@ -699,11 +711,13 @@ async def run_all(args: argparse.Namespace, cfg: Config, out: dict[str, Any]) ->
             if args.find_max and not all(results.values()):
                 skipped.append(n)  # a smaller N already missed the targets
                 continue
-            results[n] = (await one(n))["holds"]
+            run = await one(n)
+            if run is not None:
+                results[n] = run["holds"]
         out["load"]["skipped"] = skipped
         if skipped:
             print(f"skipped N = {skipped}: a smaller N already missed the targets")
-        if args.find_max and not all(results.values()):
+        if args.find_max and results and not all(results.values()):
             good = max((n for n, ok in results.items() if ok), default=0)
             bad = min(n for n, ok in results.items() if not ok)
             for _ in range(args.max_steps):
@@ -711,7 +725,10 @@ async def run_all(args: argparse.Namespace, cfg: Config, out: dict[str, Any]) ->
                 mid = max(good + 1, mid - mid % 25 if mid > 50 else mid)
                 if mid >= bad or mid <= good:
                     break
-                if (await one(mid))["holds"]:
+                step = await one(mid)
+                if step is None:
+                    break
+                if step["holds"]:
                     good = mid
                 else:
                     bad = mid
@@ -969,6 +986,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--redis", action="store_true", help="Redis channel layer at --redis-url")
     p.add_argument("--pg-url", default="postgres://postgres@127.0.0.1:5432/glassbox_bench")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/1")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=570.0,
+        help="seconds for the whole run; load runs that would not fit are skipped (default 570)",
+    )
     p.add_argument("--note", default="", help="free text stored in the JSON (e.g. what was run)")
     p.add_argument("--profile", action="store_true", help="run daphne under cProfile")
     p.add_argument("--keep-data", action="store_true", help="keep the temporary data directory")
@@ -1019,7 +1042,7 @@ def main(argv: list[str] | None = None) -> int:
         "channel_layer": "redis pubsub" if args.redis else "in-memory",
         "logs": str(settings.log_dir),
     }
-    started = time.monotonic()
+    started = args.t0 = time.monotonic()
     print(
         f"Glassbox stream benchmark: {out['machine']['cpus']} CPUs, {out['database']}, "
         f"{out['channel_layer']} channel layer; JSON -> {args.json_path}",
