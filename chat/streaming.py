@@ -81,10 +81,6 @@ def start_turn(message_id: uuid.UUID) -> asyncio.Task[None]:
     return task
 
 
-def running_turns() -> int:
-    return len(_RUNNING)
-
-
 @dataclass
 class _Op:
     """One pending change: a new step, reasoning or answer text, a clock change, a tool card."""
@@ -333,9 +329,11 @@ class TurnSession:
             parts.append(self._content_html(self.markdown.finish(), None))
         self.ops.clear()
         self.pending_chars = 0
+        # Shown steps are view.steps[0..n) in index order: only those get a head update.
+        shown = len(self.view.steps)
         for index in sorted(heads if not final else self.steps):
-            if index in self.steps and self.steps[index] in self.view.steps:
-                parts.append(render_step_head(self.view, self.steps[index]))
+            if index < shown:
+                parts.append(render_step_head(self.view, self.view.steps[index]))
         if heads or final:
             parts.append(render_thinking_head(self.view))
         if final:
